@@ -1,0 +1,46 @@
+"""FHIR R4 server: the application factory."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from flask_compress import Compress
+from flask_smorest import Api
+
+from fhir_api import config as config_module
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    """Defaults, then ``FHIR_*`` environment variables, then ``overrides`` (tests, CLI)."""
+    app = Flask(__name__)
+    app.config.from_mapping(config_module.DEFAULTS)
+    app.config.from_prefixed_env("FHIR")
+    if overrides:
+        app.config.from_mapping(overrides)
+    app.config["DATABASE_URL"] = config_module.normalise_database_url(
+        app.config.get("DATABASE_URL") or config_module.default_database_url()
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    logging.getLogger("fhir_api").setLevel(app.config.get("LOG_LEVEL", "INFO"))
+
+    from fhir_api import db, docs, errors, health, http
+    from resources.views import FhirIdConverter, ResourceTypeConverter
+    from resources.views import blp as fhir_blp
+
+    app.url_map.converters["rtype"] = ResourceTypeConverter
+    app.url_map.converters["fid"] = FhirIdConverter
+    app.url_map.strict_slashes = False
+
+    db.init_app(app)
+    http.init_app(app)
+    Compress(app)
+
+    api = Api(app)
+    for converter in (ResourceTypeConverter, FhirIdConverter):
+        api.register_converter(converter, lambda c: {"type": "string", "pattern": f"^{c.regex}$"})
+    api.register_blueprint(fhir_blp)
+    api.register_blueprint(health.blp)
+    app.register_blueprint(docs.bp)
+    errors.register_error_handlers(app)
+    return app

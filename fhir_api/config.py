@@ -1,0 +1,47 @@
+"""Configuration defaults; every value can be overridden by a ``FHIR_``-prefixed environment variable."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def default_database_url() -> str:
+    """The embedded default: a SQLite file under ``./var/`` of the working directory."""
+    return f"sqlite:///{Path(os.getcwd(), 'var', 'fhir.sqlite3')}"
+
+
+DEFAULTS: dict[str, Any] = {
+    # Storage
+    "DATABASE_URL": None,  # resolved to default_database_url() at app creation
+    "DB_POOL_SIZE": 5,
+    "DB_MAX_OVERFLOW": 10,
+    "DB_POOL_RECYCLE": 1800,
+    "DB_ECHO": False,
+    # HTTP
+    "PUBLIC_URL": None,  # e.g. https://fhir.example.org ; None = derived from the request
+    "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
+    "UPDATE_CREATE": True,  # PUT to an unknown id creates it with the client's id (as HAPI does)
+    "DEFAULT_PAGE_SIZE": 50,
+    "MAX_PAGE_SIZE": 1000,
+    # gzip (Flask-Compress)
+    "COMPRESS_ALGORITHM": ["gzip"],
+    "COMPRESS_MIMETYPES": ["application/fhir+json", "application/json", "text/html", "text/csv"],
+    "COMPRESS_MIN_SIZE": 1024,
+    "COMPRESS_REGISTER": True,
+    # flask-smorest / OpenAPI
+    "API_TITLE": "FHIR R4 API",
+    "API_VERSION": "0.1.0",
+    "OPENAPI_VERSION": "3.1.0",
+    "OPENAPI_URL_PREFIX": "/",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "JSON_SORT_KEYS": False,
+}
+
+
+def normalise_database_url(url: str) -> str:
+    """Let operators write ``postgresql://`` and still get the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url

@@ -1,0 +1,135 @@
+"""Database engine and request-scoped sessions (SQLAlchemy 2) for SQLite and PostgreSQL."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app, g
+from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import NullPool
+from sqlalchemy.types import TypeDecorator
+
+WRITE = {"fhir_write": True}
+"""Execution option that marks a transaction as a writer (SQLite then takes the write lock up front)."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both backends (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    """WAL for concurrent readers; explicit BEGIN so writers take the lock at start and never deadlock."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event emit BEGIN itself
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get("fhir_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_engine(url: str, config: dict[str, Any] | None = None) -> Engine:
+    config = config or {}
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            echo=config.get("DB_ECHO", False),
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=NullPool if parsed.database in (None, "", ":memory:") else None,
+        )
+        _sqlite_pragmas(engine)
+        return engine
+    return create_engine(
+        url,
+        echo=config.get("DB_ECHO", False),
+        pool_size=int(config.get("DB_POOL_SIZE", 5)),
+        max_overflow=int(config.get("DB_MAX_OVERFLOW", 10)),
+        pool_recycle=int(config.get("DB_POOL_RECYCLE", 1800)),
+        pool_pre_ping=False,
+    )
+
+
+def init_app(app: Flask) -> None:
+    engine = make_engine(app.config["DATABASE_URL"], app.config)
+    app.extensions["fhir_db"] = {"engine": engine, "sessions": sessionmaker(engine, expire_on_commit=False)}
+
+    @app.teardown_appcontext
+    def _close(_exc: BaseException | None) -> None:
+        session = g.pop("db_session", None)
+        if session is not None:
+            session.close()
+
+
+def engine() -> Engine:
+    return current_app.extensions["fhir_db"]["engine"]
+
+
+def session() -> Session:
+    """The request's session, opened on first use and closed at teardown."""
+    if "db_session" not in g:
+        g.db_session = current_app.extensions["fhir_db"]["sessions"]()
+    return g.db_session
+
+
+@contextmanager
+def new_session() -> Iterator[Session]:
+    """A session outside a request (CLI, seeding, background work)."""
+    s = current_app.extensions["fhir_db"]["sessions"]()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def now() -> datetime:
+    """Server time at millisecond precision, the precision written into meta.lastUpdated."""
+    t = datetime.now(UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def format_instant(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@contextmanager
+def write_transaction(s: Session) -> Iterator[Session]:
+    """One writer transaction: commits on success, rolls back on any error (nothing half-written)."""
+    if s.in_transaction():
+        s.commit()  # end a read-only transaction opened earlier in the request
+    with s.begin():
+        s.connection(execution_options=WRITE)
+        yield s

@@ -1,0 +1,1 @@
+"""FHIR REST interactions, validation, storage and (later) search: everything that builds resource queries."""

@@ -1,0 +1,65 @@
+"""The CapabilityStatement, generated from the routes actually registered (never maintained by hand)."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+
+from fhir_api import db
+from fhir_api.http import base_url
+from resources.registry import supported_types
+
+INSTANCE_ORDER = ["read", "vread", "update", "patch", "delete", "history-instance"]
+TYPE_ORDER = ["create", "search-type", "history-type"]
+SYSTEM_ORDER = ["transaction", "batch", "search-system", "history-system"]
+
+
+def implemented_interactions() -> dict[str, set[str]]:
+    """Interaction codes by level, read from the ``fhir_interaction`` mark that views carry."""
+    found: dict[str, set[str]] = {"instance": set(), "type": set(), "system": set()}
+    for view in current_app.view_functions.values():
+        mark = getattr(view, "fhir_interaction", None)
+        if mark:
+            code, level = mark
+            found[level].add(code)
+    return found
+
+
+def capability_statement() -> dict[str, Any]:
+    found = implemented_interactions()
+    per_type = [{"code": c} for c in INSTANCE_ORDER + TYPE_ORDER if c in found["instance"] | found["type"]]
+    cfg = current_app.config
+    resources = [
+        {
+            "type": res_type,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{res_type}",
+            "interaction": per_type,
+            "versioning": "versioned-update",
+            "readHistory": "vread" in found["instance"],
+            "updateCreate": bool(cfg.get("UPDATE_CREATE")),
+            "conditionalCreate": False,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": False,
+            "conditionalDelete": "not-supported",
+        }
+        for res_type in supported_types()
+    ]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": db.format_instant(db.now()),
+        "publisher": "fhir-api",
+        "kind": "instance",
+        "software": {"name": "fhir-api", "version": cfg.get("API_VERSION", "0")},
+        "implementation": {"description": "FHIR R4 server", "url": base_url()},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json", "application/merge-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": resources,
+                "interaction": [{"code": c} for c in SYSTEM_ORDER if c in found["system"]],
+            }
+        ],
+    }

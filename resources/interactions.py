@@ -1,0 +1,199 @@
+"""The FHIR RESTful interactions (http://hl7.org/fhir/R4/http.html), generic over resource types.
+
+Views translate HTTP into these calls; each write runs in one database transaction so that the
+indexes, encryption and audit rows that later plug in here commit together with the version.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from fhir_api import db
+from fhir_api.errors import BadRequest, Conflict, Gone, NotFound, PreconditionFailed
+from resources import jsonio
+from resources.patching import json_patch, merge_patch
+from resources.registry import check_type
+from resources.repository import HistoryQuery, ResourceRepository, Stored
+from resources.validation import validate
+
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def stamp(resource: dict[str, Any], res_type: str, res_id: str, version: int, when: datetime) -> dict[str, Any]:
+    """The resource as stored: server-managed id and meta first, everything else exactly as sent."""
+    meta = resource.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise BadRequest("meta must be a JSON object", expression=f"{res_type}.meta")
+    stamped: dict[str, Any] = {
+        "resourceType": res_type,
+        "id": res_id,
+        "meta": {**(meta or {}), "versionId": str(version), "lastUpdated": db.format_instant(when)},
+    }
+    for key, value in resource.items():
+        if key not in ("resourceType", "id", "meta"):
+            stamped[key] = value
+    return stamped
+
+
+def _check_body_type(resource: dict[str, Any], res_type: str) -> None:
+    check_type(res_type)
+    body_type = resource.get("resourceType")
+    if body_type is None:
+        raise BadRequest("The resource has no resourceType", expression="resourceType")
+    if body_type != res_type:
+        raise BadRequest(f"The body is a {body_type} but the URL names {res_type}", expression="resourceType")
+
+
+def _prevalidate(resource: dict[str, Any], res_type: str, res_id: str) -> None:
+    """Validate before taking any lock: stamping later only changes server-managed fields."""
+    validate(stamp(resource, res_type, res_id, 1, db.now()), res_type)
+
+
+def _store(
+    repo: ResourceRepository, current: Any, res_type: str, res_id: str, version: int, method: str,
+    resource: dict[str, Any] | None,
+) -> Stored:
+    when = db.now()
+    if current is not None and when <= current.last_updated:  # keep lastUpdated monotonic per resource
+        when = current.last_updated + _ONE_MS
+    body = None if resource is None else jsonio.dumps(stamp(resource, res_type, res_id, version, when))
+    return repo.write(
+        current, res_type=res_type, res_id=res_id, version=version, method=method, last_updated=when, body=body
+    )
+
+
+def _integrity_conflict(exc: IntegrityError) -> Conflict:
+    return Conflict("The resource was changed concurrently; retry the request")
+
+
+def create(repo: ResourceRepository, res_type: str, resource: dict[str, Any]) -> Stored:
+    _check_body_type(resource, res_type)
+    res_id = new_id()  # a client-supplied id is ignored on create, as the spec requires
+    _prevalidate(resource, res_type, res_id)
+    with db.write_transaction(repo.session):
+        return _store(repo, None, res_type, res_id, 1, "POST", resource)
+
+
+def read(repo: ResourceRepository, res_type: str, res_id: str) -> Stored:
+    check_type(res_type)
+    found = repo.read(res_type, res_id)
+    if found is None:
+        raise NotFound(f"{res_type}/{res_id} is not known")
+    if found.deleted:
+        raise Gone(f"{res_type}/{res_id} was deleted", headers={"ETag": f'W/"{found.version}"'})
+    return found
+
+
+def vread(repo: ResourceRepository, res_type: str, res_id: str, version: int) -> Stored:
+    check_type(res_type)
+    found = repo.vread(res_type, res_id, version)
+    if found is None:
+        raise NotFound(f"{res_type}/{res_id} has no version {version}")
+    if found.deleted:
+        raise Gone(f"Version {version} of {res_type}/{res_id} is a deletion")
+    return found
+
+
+def update(
+    repo: ResourceRepository,
+    res_type: str,
+    res_id: str,
+    resource: dict[str, Any],
+    *,
+    if_match: int | None,
+    update_create: bool,
+) -> tuple[Stored, bool]:
+    """Returns the new version and whether it was created (update-as-create)."""
+    _check_body_type(resource, res_type)
+    body_id = resource.get("id")
+    if body_id is None:
+        raise BadRequest("The resource must carry an id equal to the id in the URL", expression=f"{res_type}.id")
+    if body_id != res_id:
+        raise BadRequest("The id in the body differs from the id in the URL", expression=f"{res_type}.id")
+    _prevalidate(resource, res_type, res_id)
+    try:
+        with db.write_transaction(repo.session):
+            current = repo.current(res_type, res_id, lock=True)
+            if current is None:
+                if if_match is not None:
+                    raise PreconditionFailed(f"If-Match given but {res_type}/{res_id} does not exist")
+                if not update_create:
+                    raise NotFound(f"{res_type}/{res_id} does not exist and update-as-create is disabled")
+                return _store(repo, None, res_type, res_id, 1, "PUT", resource), True
+            if if_match is not None and if_match != current.version:
+                raise PreconditionFailed(
+                    f"If-Match names version {if_match} but the current version is {current.version}"
+                )
+            return _store(repo, current, res_type, res_id, current.version + 1, "PUT", resource), False
+    except IntegrityError as exc:
+        raise _integrity_conflict(exc) from None
+
+
+def patch(
+    repo: ResourceRepository,
+    res_type: str,
+    res_id: str,
+    document: Any,
+    *,
+    merge: bool,
+    if_match: int | None,
+) -> Stored:
+    check_type(res_type)
+    try:
+        with db.write_transaction(repo.session):
+            current = repo.current(res_type, res_id, lock=True)
+            if current is None:
+                raise NotFound(f"{res_type}/{res_id} is not known")
+            if current.deleted:
+                raise Gone(f"{res_type}/{res_id} was deleted")
+            if if_match is not None and if_match != current.version:
+                raise PreconditionFailed(
+                    f"If-Match names version {if_match} but the current version is {current.version}"
+                )
+            stored = repo.vread(res_type, res_id, current.version)
+            assert stored is not None and stored.body is not None
+            original = jsonio.loads_trusted(stored.body)
+            if merge:
+                if not isinstance(document, dict):
+                    raise BadRequest("A merge patch body must be a JSON object")
+                patched = merge_patch(original, document)
+            else:
+                patched = json_patch(original, document)
+            if patched.get("resourceType") != res_type or patched.get("id") != res_id:
+                raise BadRequest("A patch may not change resourceType or id")
+            version = current.version + 1
+            validate(stamp(patched, res_type, res_id, version, db.now()), res_type)
+            return _store(repo, current, res_type, res_id, version, "PATCH", patched)
+    except IntegrityError as exc:
+        raise _integrity_conflict(exc) from None
+
+
+def delete(repo: ResourceRepository, res_type: str, res_id: str) -> Stored:
+    """Logical delete: a new, empty version. Deleting a deleted resource changes nothing."""
+    check_type(res_type)
+    try:
+        with db.write_transaction(repo.session):
+            current = repo.current(res_type, res_id, lock=True)
+            if current is None:
+                raise NotFound(f"{res_type}/{res_id} is not known")
+            if current.deleted:
+                found = repo.vread(res_type, res_id, current.version)
+                assert found is not None
+                return found
+            return _store(repo, current, res_type, res_id, current.version + 1, "DELETE", None)
+    except IntegrityError as exc:
+        raise _integrity_conflict(exc) from None
+
+
+def history(repo: ResourceRepository, query: HistoryQuery) -> tuple[list[Stored], bool]:
+    if query.res_type:
+        check_type(query.res_type)
+    rows, more = repo.history(query)
+    return list(rows), more

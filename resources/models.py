@@ -1,0 +1,47 @@
+"""Resource storage tables: the current-version pointer and every version's body."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fhir_api.db import Base, UTCDateTime
+
+# SQLite only aliases the rowid (and so auto-increments) for a column declared exactly INTEGER.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Resource(Base):
+    """One row per logical resource: which version is current and whether it is deleted."""
+
+    __tablename__ = "resource"
+
+    res_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    res_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    last_updated: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (Index("ix_resource_type_updated", "res_type", "last_updated"),)
+
+
+class ResourceVersion(Base):
+    """Every version ever written, in commit order (``seq``); the body is the client's JSON as stored."""
+
+    __tablename__ = "resource_version"
+
+    seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    res_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    res_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    method: Mapped[str] = mapped_column(String(8), nullable=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    last_updated: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    body: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("res_type", "res_id", "version", name="uq_resource_version"),
+        Index("ix_resource_version_type_seq", "res_type", "seq"),
+        Index("ix_resource_version_updated", "last_updated"),
+    )

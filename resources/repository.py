@@ -1,0 +1,146 @@
+"""Storage of resource versions: the only module that queries the resource tables."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, exists, select
+from sqlalchemy.orm import Session, aliased
+
+from resources.dates import DateRange
+from resources.models import Resource, ResourceVersion
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One stored version as the REST layer sees it; ``body`` is the stored JSON text (None if deleted)."""
+
+    res_type: str
+    res_id: str
+    version: int
+    last_updated: datetime
+    deleted: bool
+    method: str
+    body: str | None
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """A history page: newest first, keyset-paged on ``seq`` (stable while new versions arrive)."""
+
+    limit: int
+    res_type: str | None = None
+    res_id: str | None = None
+    since: datetime | None = None
+    at: DateRange | None = None
+    before_seq: int | None = None  # next page: versions older than this
+    after_seq: int | None = None  # previous page: versions newer than this
+
+
+def _stored(v: ResourceVersion) -> Stored:
+    return Stored(v.res_type, v.res_id, v.version, v.last_updated, v.deleted, v.method, v.body, v.seq)
+
+
+class ResourceRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def current(self, res_type: str, res_id: str, *, lock: bool = False) -> Resource | None:
+        stmt = select(Resource).where(Resource.res_type == res_type, Resource.res_id == res_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def read(self, res_type: str, res_id: str) -> Stored | None:
+        """The current version in one indexed join."""
+        stmt = (
+            select(ResourceVersion)
+            .join(
+                Resource,
+                and_(
+                    Resource.res_type == ResourceVersion.res_type,
+                    Resource.res_id == ResourceVersion.res_id,
+                    Resource.version == ResourceVersion.version,
+                ),
+            )
+            .where(Resource.res_type == res_type, Resource.res_id == res_id)
+        )
+        row = self.session.execute(stmt).scalar_one_or_none()
+        return _stored(row) if row else None
+
+    def vread(self, res_type: str, res_id: str, version: int) -> Stored | None:
+        stmt = select(ResourceVersion).where(
+            ResourceVersion.res_type == res_type,
+            ResourceVersion.res_id == res_id,
+            ResourceVersion.version == version,
+        )
+        row = self.session.execute(stmt).scalar_one_or_none()
+        return _stored(row) if row else None
+
+    def write(
+        self,
+        current: Resource | None,
+        *,
+        res_type: str,
+        res_id: str,
+        version: int,
+        method: str,
+        last_updated: datetime,
+        body: str | None,
+    ) -> Stored:
+        """Append a version and move the current pointer; the caller owns the transaction."""
+        deleted = body is None
+        if current is None:
+            self.session.add(
+                Resource(
+                    res_type=res_type, res_id=res_id, version=version, deleted=deleted, last_updated=last_updated
+                )
+            )
+        else:
+            current.version, current.deleted, current.last_updated = version, deleted, last_updated
+        row = ResourceVersion(
+            res_type=res_type,
+            res_id=res_id,
+            version=version,
+            method=method,
+            deleted=deleted,
+            last_updated=last_updated,
+            body=body,
+        )
+        self.session.add(row)
+        self.session.flush()
+        return _stored(row)
+
+    def history(self, q: HistoryQuery) -> tuple[Sequence[Stored], bool]:
+        """One page of versions, newest first, and whether more exist beyond it in the paging direction."""
+        rv = ResourceVersion
+        stmt = select(rv)
+        if q.res_type:
+            stmt = stmt.where(rv.res_type == q.res_type)
+        if q.res_id:
+            stmt = stmt.where(rv.res_id == q.res_id)
+        if q.since:
+            stmt = stmt.where(rv.last_updated >= q.since)
+        if q.at:
+            later = aliased(ResourceVersion)
+            superseded = exists().where(
+                later.res_type == rv.res_type,
+                later.res_id == rv.res_id,
+                later.version > rv.version,
+                later.last_updated <= q.at.low,
+            )
+            stmt = stmt.where(rv.last_updated < q.at.high, ~superseded)
+        if q.after_seq is not None:
+            stmt = stmt.where(rv.seq > q.after_seq).order_by(rv.seq.asc())
+        else:
+            if q.before_seq is not None:
+                stmt = stmt.where(rv.seq < q.before_seq)
+            stmt = stmt.order_by(rv.seq.desc())
+        rows = [_stored(r) for r in self.session.execute(stmt.limit(q.limit + 1)).scalars()]
+        more = len(rows) > q.limit
+        rows = rows[: q.limit]
+        if q.after_seq is not None:
+            rows.reverse()
+        return rows, more

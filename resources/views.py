@@ -1,0 +1,240 @@
+"""HTTP views for the FHIR REST API: parse the request, call one interaction, shape the response."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import current_app, request
+from flask_smorest import Blueprint
+from werkzeug.routing import BaseConverter
+
+from fhir_api import db
+from fhir_api.errors import BadRequest, Issue, NotFound, operation_outcome
+from fhir_api.http import (
+    JSON,
+    JSON_PATCH,
+    MERGE_PATCH,
+    base_url,
+    etag,
+    fhir_response,
+    last_modified,
+    negotiate_response_type,
+    not_modified,
+    parse_etag,
+    parse_prefer,
+    require_json_body,
+)
+from resources import interactions, jsonio
+from resources.bundles import history_bundle, page_url
+from resources.capability import capability_statement
+from resources.dates import parse_range
+from resources.registry import check_type
+from resources.repository import HistoryQuery, ResourceRepository, Stored
+
+blp = Blueprint("fhir", __name__, url_prefix="/fhir/R4", description="FHIR R4 RESTful interactions")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ResourceTypeConverter(BaseConverter):
+    """A capitalised name; unknown names reach the view, which answers 404 with an OperationOutcome."""
+
+    regex = r"[A-Z][A-Za-z]{0,63}"
+
+
+class FhirIdConverter(BaseConverter):
+    """FHIR id: 1-64 of [A-Za-z0-9-.]."""
+
+    regex = r"[A-Za-z0-9\-\.]{1,64}"
+
+
+def interaction(code: str, level: str) -> Callable[[F], F]:
+    """Mark a view with the FHIR interaction it implements; the CapabilityStatement reads these marks."""
+
+    def mark(view: F) -> F:
+        view.fhir_interaction = (code, level)  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+@blp.before_request
+def _negotiate() -> None:
+    negotiate_response_type()  # 406 before any work
+
+
+def _repo() -> ResourceRepository:
+    return ResourceRepository(db.session())
+
+
+def _version_headers(s: Stored) -> dict[str, str]:
+    return {"ETag": etag(s.version), "Last-Modified": last_modified(s.last_updated)}
+
+
+def _location(s: Stored) -> str:
+    return f"{base_url()}/{s.res_type}/{s.res_id}/_history/{s.version}"
+
+
+def _write_response(s: Stored, status: int, message: str):
+    """Honour ``Prefer: return=minimal | representation | OperationOutcome``."""
+    headers = {**_version_headers(s), "Location": _location(s)}
+    preference = parse_prefer().get("return", "representation")
+    if preference == "minimal":
+        return fhir_response(None, status=status, headers=headers)
+    if preference == "operationoutcome":
+        body = operation_outcome([Issue(message, code="informational", severity="information")], "informational")
+        return fhir_response(body, status=status, headers=headers)
+    return fhir_response(s.body, status=status, headers=headers)
+
+
+def _resource_body() -> dict[str, Any]:
+    require_json_body()
+    return jsonio.load_resource(request.get_data(cache=False))
+
+
+@blp.route("/metadata", methods=["GET"])
+@interaction("capabilities", "system")
+def capabilities():
+    """CapabilityStatement generated from the routes registered here."""
+    return fhir_response(capability_statement(), headers={"Cache-Control": "public, max-age=300"})
+
+
+@blp.route("/<rtype:res_type>", methods=["POST"])
+@interaction("create", "type")
+def create(res_type: str):
+    """Create a resource with a server-assigned id."""
+    stored = interactions.create(_repo(), res_type, _resource_body())
+    return _write_response(stored, 201, f"Created {res_type}/{stored.res_id}")
+
+
+@blp.route("/<rtype:res_type>/<fid:res_id>", methods=["GET"])
+@interaction("read", "instance")
+def read(res_type: str, res_id: str):
+    """Read the current version."""
+    stored = interactions.read(_repo(), res_type, res_id)
+    headers = _version_headers(stored)
+    if not_modified(stored.version, stored.last_updated):
+        return fhir_response(None, status=304, headers=headers)
+    return fhir_response(stored.body, headers=headers)
+
+
+@blp.route("/<rtype:res_type>/<fid:res_id>/_history/<fid:version_id>", methods=["GET"])
+@interaction("vread", "instance")
+def vread(res_type: str, res_id: str, version_id: str):
+    """Read one version."""
+    if not version_id.isdigit():
+        raise NotFound(f"{res_type}/{res_id} has no version '{version_id}'")
+    stored = interactions.vread(_repo(), res_type, res_id, int(version_id))
+    headers = _version_headers(stored)
+    if not_modified(stored.version, stored.last_updated):
+        return fhir_response(None, status=304, headers=headers)
+    return fhir_response(stored.body, headers=headers)
+
+
+@blp.route("/<rtype:res_type>/<fid:res_id>", methods=["PUT"])
+@interaction("update", "instance")
+def update(res_type: str, res_id: str):
+    """Update (or, when enabled, create with the client's id)."""
+    stored, created = interactions.update(
+        _repo(),
+        res_type,
+        res_id,
+        _resource_body(),
+        if_match=parse_etag(request.headers.get("If-Match")),
+        update_create=bool(current_app.config.get("UPDATE_CREATE", True)),
+    )
+    if created:
+        return _write_response(stored, 201, f"Created {res_type}/{res_id}")
+    return _write_response(stored, 200, f"Updated {res_type}/{res_id} to version {stored.version}")
+
+
+@blp.route("/<rtype:res_type>/<fid:res_id>", methods=["PATCH"])
+@interaction("patch", "instance")
+def patch(res_type: str, res_id: str):
+    """JSON Patch, or JSON Merge Patch (application/merge-patch+json, or a plain JSON object)."""
+    mime = require_json_body(allowed=(JSON_PATCH, MERGE_PATCH, JSON))
+    document = jsonio.loads(request.get_data(cache=False) or b"null")
+    merge = mime == MERGE_PATCH or (mime == JSON and isinstance(document, dict))
+    stored = interactions.patch(
+        _repo(),
+        res_type,
+        res_id,
+        document,
+        merge=merge,
+        if_match=parse_etag(request.headers.get("If-Match")),
+    )
+    return _write_response(stored, 200, f"Patched {res_type}/{res_id} to version {stored.version}")
+
+
+@blp.route("/<rtype:res_type>/<fid:res_id>", methods=["DELETE"])
+@interaction("delete", "instance")
+def delete(res_type: str, res_id: str):
+    """Logical delete; repeating it is harmless."""
+    stored = interactions.delete(_repo(), res_type, res_id)
+    body = operation_outcome(
+        [Issue(f"Deleted {res_type}/{res_id}", code="informational", severity="information")], "informational"
+    )
+    return fhir_response(body, status=200, headers={"ETag": etag(stored.version)})
+
+
+def _history_query(res_type: str | None = None, res_id: str | None = None) -> HistoryQuery:
+    cfg = current_app.config
+    count_arg = request.args.get("_count")
+    limit = int(cfg["DEFAULT_PAGE_SIZE"])
+    if count_arg is not None:
+        if not count_arg.isdigit():
+            raise BadRequest("_count must be a non-negative integer", expression="_count")
+        limit = min(int(count_arg), int(cfg["MAX_PAGE_SIZE"]))
+    since = request.args.get("_since")
+    at = request.args.get("_at")
+    cursor = request.args.get("_cursor")
+    before = after = None
+    if cursor:
+        if len(cursor) < 2 or cursor[0] not in "ba" or not cursor[1:].isdigit():
+            raise BadRequest("_cursor is not a paging cursor issued by this server", expression="_cursor")
+        before, after = (int(cursor[1:]), None) if cursor[0] == "b" else (None, int(cursor[1:]))
+    return HistoryQuery(
+        limit=limit,
+        res_type=res_type,
+        res_id=res_id,
+        since=parse_range(since, "_since").low if since else None,
+        at=parse_range(at, "_at") if at else None,
+        before_seq=before,
+        after_seq=after,
+    )
+
+
+def _history_response(query: HistoryQuery):
+    versions, more = interactions.history(_repo(), query)
+    links = {"self": page_url()}
+    paging_forward = query.after_seq is None
+    if versions and (more if paging_forward else True):
+        links["next"] = page_url(_cursor=f"b{versions[-1].seq}")
+    if versions and (query.before_seq is not None or (query.after_seq is not None and more)):
+        links["previous"] = page_url(_cursor=f"a{versions[0].seq}")
+    return fhir_response(history_bundle(versions, links))
+
+
+@blp.route("/_history", methods=["GET"])
+@interaction("history-system", "system")
+def history_system():
+    """History of every resource on the server, newest first."""
+    return _history_response(_history_query())
+
+
+@blp.route("/<rtype:res_type>/_history", methods=["GET"])
+@interaction("history-type", "type")
+def history_type(res_type: str):
+    """History of every resource of one type."""
+    return _history_response(_history_query(res_type))
+
+
+@blp.route("/<rtype:res_type>/<fid:res_id>/_history", methods=["GET"])
+@interaction("history-instance", "instance")
+def history_instance(res_type: str, res_id: str):
+    """History of one resource."""
+    check_type(res_type)
+    query = _history_query(res_type, res_id)
+    if _repo().current(res_type, res_id) is None:
+        raise NotFound(f"{res_type}/{res_id} is not known")
+    return _history_response(query)
