@@ -1,0 +1,1 @@
+"""Synthetic, deterministic demo population."""
