@@ -1,0 +1,86 @@
+"""The floor for ``bench/crud.py``: the least a Flask app on this stack can do for a read and an insert.
+
+One table (id text primary key, body text), a primary-key select and a one-row insert, on the same
+SQLAlchemy 2 + psycopg 3 engine settings as the FHIR app (``fhir_api.db.make_engine`` with the app's
+defaults) and served by the same gunicorn settings (``fhir_api.serving``). Whatever the FHIR app does
+beyond this is its own cost, so ``app req/s / floor req/s`` measures the app, not the machine.
+
+Run: ``python bench/floor_app.py --database-url postgresql://... --bind 127.0.0.1:8001 --workers 4``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+from typing import Any
+
+from flask import Flask, Response, request
+from sqlalchemy import Column, MetaData, String, Table, Text, insert, select
+
+from fhir_api.config import DEFAULTS, normalise_database_url
+from fhir_api.db import make_engine
+from fhir_api.serving import GunicornApp, gunicorn_options
+
+metadata = MetaData()
+rows = Table(
+    "floor_row",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("body", Text, nullable=False),
+)
+
+
+def create_floor_app(database_url: str) -> Flask:
+    engine = make_engine(normalise_database_url(database_url), DEFAULTS)
+    app = Flask(__name__)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return Response('{"status":"ok"}', mimetype="application/json")
+
+    @app.get("/row/<row_id>")
+    def read(row_id: str) -> Response:
+        with engine.connect() as conn:
+            body = conn.execute(select(rows.c.body).where(rows.c.id == row_id)).scalar_one_or_none()
+        if body is None:
+            return Response('{"error":"not found"}', status=404, mimetype="application/json")
+        return Response(body, mimetype="application/json")
+
+    @app.post("/row")
+    def create() -> Response:
+        body = request.get_data(as_text=True)
+        try:
+            json.loads(body)  # accept only JSON, as any JSON API must
+        except ValueError:
+            return Response('{"error":"malformed JSON"}', status=400, mimetype="application/json")
+        row_id = str(uuid.uuid4())
+        with engine.begin() as conn:
+            conn.execute(insert(rows).values(id=row_id, body=body))
+        return Response(body, status=201, mimetype="application/json", headers={"Location": f"/row/{row_id}"})
+
+    return app
+
+
+class FloorServer(GunicornApp):
+    """The FHIR app's gunicorn runner, loading the floor app in each worker instead."""
+
+    def load(self) -> Any:
+        assert self.app_overrides is not None
+        return create_floor_app(self.app_overrides["DATABASE_URL"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--bind", default="127.0.0.1:8001")
+    parser.add_argument("--workers", type=int, default=4)
+    args = parser.parse_args()
+
+    engine = make_engine(normalise_database_url(args.database_url), DEFAULTS)
+    metadata.create_all(engine)  # in the master, before any worker forks
+    engine.dispose()
+    FloorServer(gunicorn_options(args.bind, args.workers), {"DATABASE_URL": args.database_url}).run()
+
+
+if __name__ == "__main__":
+    main()
