@@ -1,0 +1,1 @@
+"""Field-level encryption: keyring, envelope encryption, blind indexes (see issue: encryption)."""
