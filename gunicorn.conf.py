@@ -1,4 +1,5 @@
 """gunicorn settings for ``gunicorn -c gunicorn.conf.py wsgi:app`` (docker-compose, production)."""
+
 import os
 
 from fhir_api.serving import default_workers, gunicorn_options

@@ -1,4 +1,5 @@
 """FHIR R4 server: the application factory."""
+
 from __future__ import annotations
 
 import logging

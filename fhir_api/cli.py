@@ -1,4 +1,5 @@
 """The ``fhir-api`` console script: serve, db upgrade, seed (and Flask's routes/shell)."""
+
 from __future__ import annotations
 
 import click

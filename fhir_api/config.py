@@ -1,4 +1,5 @@
 """Configuration defaults; every value can be overridden by a ``FHIR_``-prefixed environment variable."""
+
 from __future__ import annotations
 
 import os

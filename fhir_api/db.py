@@ -1,4 +1,5 @@
 """Database engine and request-scoped sessions (SQLAlchemy 2) for SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -1,4 +1,5 @@
 """Human documentation served by the app itself: the error catalogue that every OperationOutcome links to."""
+
 from __future__ import annotations
 
 from html import escape

@@ -3,6 +3,7 @@
 A single handler (``register_error_handlers``) renders these, Werkzeug's HTTP errors and unexpected
 exceptions as OperationOutcome, so no other error shape can leave the server.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,7 +36,9 @@ class FhirError(Exception):
     code: ClassVar[str] = "exception"
     slug: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal server error"
-    explanation: ClassVar[str] = "The server failed unexpectedly. The request id identifies the failure in logs."
+    explanation: ClassVar[str] = (
+        "The server failed unexpectedly. The request id identifies the failure in logs."
+    )
 
     def __init__(
         self,
@@ -123,7 +126,8 @@ class PayloadTooLarge(FhirError):
 class UnsupportedMediaType(FhirError):
     status, code, slug, title = 415, "not-supported", "unsupported-media-type", "Unsupported media type"
     explanation = (
-        "Send application/fhir+json or application/json (FHIR 4.0); JSON Patch as application/json-patch+json."
+        "Send application/fhir+json or application/json (FHIR 4.0); "
+        "JSON Patch as application/json-patch+json."
     )
 
 

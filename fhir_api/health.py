@@ -1,4 +1,5 @@
 """Liveness and readiness probes for load balancers and orchestrators."""
+
 from __future__ import annotations
 
 from flask import jsonify
@@ -29,5 +30,7 @@ def readyz():
         raise ServiceUnavailable("The database is not reachable") from None
     head = migrate.head_revision()
     if current != head:
-        raise ServiceUnavailable(f"Database schema is at {current or 'nothing'}, expected {head}; run 'fhir-api db upgrade'")
+        raise ServiceUnavailable(
+            f"Database schema is at {current or 'nothing'}, expected {head}; run 'fhir-api db upgrade'"
+        )
     return jsonify(status="ready", database="ok", schema=current)

@@ -1,4 +1,5 @@
 """HTTP conventions shared by every FHIR endpoint: media types, request ids, ETags, response building."""
+
 from __future__ import annotations
 
 import re
@@ -75,7 +76,9 @@ def require_json_body(*, allowed: tuple[str, ...] = (FHIR_JSON, JSON)) -> str:
     if mime not in allowed:
         if mime in _XML_FORMATS:
             raise UnsupportedMediaType("XML request bodies are not supported; send application/fhir+json")
-        raise UnsupportedMediaType(f"Content-Type {mime} is not accepted here; use one of {', '.join(allowed)}")
+        raise UnsupportedMediaType(
+            f"Content-Type {mime} is not accepted here; use one of {', '.join(allowed)}"
+        )
     lowered = {k.lower(): v for k, v in params.items()}
     charset = lowered.get("charset")
     if charset and charset.lower().replace("-", "") != "utf8":
@@ -133,7 +136,7 @@ def parse_etag(value: str | None) -> int | None:
     if not match:
         from fhir_api.errors import BadRequest
 
-        raise BadRequest("If-Match must be a version ETag such as W/\"3\"")
+        raise BadRequest('If-Match must be a version ETag such as W/"3"')
     return int(match.group(1))
 
 
@@ -178,6 +181,8 @@ def init_app(app: Flask) -> None:
     def _headers(resp: Response) -> Response:
         resp.headers["X-Request-Id"] = getattr(g, "request_id", "") or str(uuid.uuid4())
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        if request.path.startswith(("/fhir/", "/auth/", "/audit/")) and not request.path.endswith("/metadata"):
+        if request.path.startswith(("/fhir/", "/auth/", "/audit/")) and not request.path.endswith(
+            "/metadata"
+        ):
             resp.headers["Cache-Control"] = "no-store"
         return resp

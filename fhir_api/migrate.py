@@ -1,4 +1,5 @@
 """Run and inspect Alembic migrations programmatically (``fhir-api db upgrade``, ``/readyz``)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Run the app under gunicorn in-process (``fhir-api serve``); docker-compose uses the same settings."""
+
 from __future__ import annotations
 
 import multiprocessing

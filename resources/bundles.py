@@ -1,4 +1,5 @@
 """Bundle responses assembled around stored JSON text, so stored resources are never re-serialised."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -23,7 +24,10 @@ def page_url(**overrides: str | None) -> str:
 
 
 def _history_entry(v: Stored, base: str) -> str:
-    request_part = {"method": v.method, "url": v.res_type if v.method == "POST" else f"{v.res_type}/{v.res_id}"}
+    request_part = {
+        "method": v.method,
+        "url": v.res_type if v.method == "POST" else f"{v.res_type}/{v.res_id}",
+    }
     response_part = {
         "status": _STATUS.get(v.method, "200 OK"),
         "etag": etag(v.version),
@@ -41,6 +45,5 @@ def history_bundle(versions: Iterable[Stored], links: dict[str, str]) -> str:
     entries = ",".join(_history_entry(v, base) for v in versions)
     meta = dumps({"lastUpdated": db.format_instant(db.now())})
     return (
-        f'{{"resourceType":"Bundle","meta":{meta},"type":"history",'
-        f'"link":{link_json},"entry":[{entries}]}}'
+        f'{{"resourceType":"Bundle","meta":{meta},"type":"history","link":{link_json},"entry":[{entries}]}}'
     )

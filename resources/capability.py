@@ -1,4 +1,5 @@
 """The CapabilityStatement, generated from the routes actually registered (never maintained by hand)."""
+
 from __future__ import annotations
 
 from typing import Any

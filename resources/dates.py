@@ -1,4 +1,5 @@
 """FHIR date/dateTime/instant values as UTC ranges [low, high): the implicit precision of a value."""
+
 from __future__ import annotations
 
 import re
@@ -45,7 +46,7 @@ def parse_range(value: str, param: str = "date") -> DateRange:
             int(p["H"] or 0),
             int(p["M"] or 0),
             int(p["S"] or 0),
-            int(round(float(p["f"]) * 1_000_000)) if p["f"] else 0,
+            round(float(p["f"]) * 1_000_000) if p["f"] else 0,
             tzinfo=tz,
         )
     except ValueError as exc:

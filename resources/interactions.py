@@ -3,6 +3,7 @@
 Views translate HTTP into these calls; each write runs in one database transaction so that the
 indexes, encryption and audit rows that later plug in here commit together with the version.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -26,7 +27,9 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def stamp(resource: dict[str, Any], res_type: str, res_id: str, version: int, when: datetime) -> dict[str, Any]:
+def stamp(
+    resource: dict[str, Any], res_type: str, res_id: str, version: int, when: datetime
+) -> dict[str, Any]:
     """The resource as stored: server-managed id and meta first, everything else exactly as sent."""
     meta = resource.get("meta")
     if meta is not None and not isinstance(meta, dict):
@@ -57,7 +60,12 @@ def _prevalidate(resource: dict[str, Any], res_type: str, res_id: str) -> None:
 
 
 def _store(
-    repo: ResourceRepository, current: Any, res_type: str, res_id: str, version: int, method: str,
+    repo: ResourceRepository,
+    current: Any,
+    res_type: str,
+    res_id: str,
+    version: int,
+    method: str,
     resource: dict[str, Any] | None,
 ) -> Stored:
     when = db.now()
@@ -65,7 +73,13 @@ def _store(
         when = current.last_updated + _ONE_MS
     body = None if resource is None else jsonio.dumps(stamp(resource, res_type, res_id, version, when))
     return repo.write(
-        current, res_type=res_type, res_id=res_id, version=version, method=method, last_updated=when, body=body
+        current,
+        res_type=res_type,
+        res_id=res_id,
+        version=version,
+        method=method,
+        last_updated=when,
+        body=body,
     )
 
 
@@ -114,7 +128,9 @@ def update(
     _check_body_type(resource, res_type)
     body_id = resource.get("id")
     if body_id is None:
-        raise BadRequest("The resource must carry an id equal to the id in the URL", expression=f"{res_type}.id")
+        raise BadRequest(
+            "The resource must carry an id equal to the id in the URL", expression=f"{res_type}.id"
+        )
     if body_id != res_id:
         raise BadRequest("The id in the body differs from the id in the URL", expression=f"{res_type}.id")
     _prevalidate(resource, res_type, res_id)

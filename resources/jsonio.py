@@ -1,4 +1,5 @@
 """Parse and write resource JSON without losing what the client sent (decimal precision, key order)."""
+
 from __future__ import annotations
 
 from decimal import Decimal

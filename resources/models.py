@@ -1,4 +1,5 @@
 """Resource storage tables: the current-version pointer and every version's body."""
+
 from __future__ import annotations
 
 from datetime import datetime

@@ -1,4 +1,5 @@
 """Apply JSON Patch (RFC 6902) and JSON Merge Patch (RFC 7386, as fhirpy sends) to a stored resource."""
+
 from __future__ import annotations
 
 import copy
@@ -29,9 +30,13 @@ def json_patch(document: dict[str, Any], operations: Any) -> dict[str, Any]:
         patch = jsonpatch.JsonPatch(operations)
         result = patch.apply(document, in_place=False)
     except jsonpatch.JsonPatchTestFailed as exc:
-        raise Unprocessable(issues=[Issue(f"JSON Patch test failed: {_safe(exc)}", code="conflict")]) from None
+        raise Unprocessable(
+            issues=[Issue(f"JSON Patch test failed: {_safe(exc)}", code="conflict")]
+        ) from None
     except jsonpatch.JsonPatchConflict as exc:
-        raise Unprocessable(issues=[Issue(f"JSON Patch cannot be applied: {_safe(exc)}", code="processing")]) from None
+        raise Unprocessable(
+            issues=[Issue(f"JSON Patch cannot be applied: {_safe(exc)}", code="processing")]
+        ) from None
     except (jsonpatch.InvalidJsonPatch, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
         raise BadRequest(f"Invalid JSON Patch document: {_safe(exc)}") from None
     if not isinstance(result, dict):

@@ -1,4 +1,5 @@
 """Storage of resource versions: the only module that queries the resource tables."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -95,7 +96,11 @@ class ResourceRepository:
         if current is None:
             self.session.add(
                 Resource(
-                    res_type=res_type, res_id=res_id, version=version, deleted=deleted, last_updated=last_updated
+                    res_type=res_type,
+                    res_id=res_id,
+                    version=version,
+                    deleted=deleted,
+                    last_updated=last_updated,
                 )
             )
         else:

@@ -1,4 +1,5 @@
 """Validate resources with the fhir.resources R4B models, reporting one issue per problem with a FHIRPath."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -57,9 +58,14 @@ def validate(resource: dict[str, Any], expected_type: str | None = None) -> None
             loc = tuple(err.get("loc", ()))
             expression = fhirpath(resource_type, loc)
             issues.append(
-                Issue(_diagnostic(err, expression), code=_CODES.get(err.get("type", ""), "value"),
-                      expression=(expression,))
+                Issue(
+                    _diagnostic(err, expression),
+                    code=_CODES.get(err.get("type", ""), "value"),
+                    expression=(expression,),
+                )
             )
         raise InvalidResource(issues=issues) from None
     except (TypeError, ValueError, RecursionError) as exc:  # models raising outside pydantic's wrapper
-        raise InvalidResource(f"{resource_type}: the resource could not be validated ({type(exc).__name__})") from None
+        raise InvalidResource(
+            f"{resource_type}: the resource could not be validated ({type(exc).__name__})"
+        ) from None

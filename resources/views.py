@@ -1,4 +1,5 @@
 """HTTP views for the FHIR REST API: parse the request, call one interaction, shape the response."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -82,7 +83,9 @@ def _write_response(s: Stored, status: int, message: str):
     if preference == "minimal":
         return fhir_response(None, status=status, headers=headers)
     if preference == "operationoutcome":
-        body = operation_outcome([Issue(message, code="informational", severity="information")], "informational")
+        body = operation_outcome(
+            [Issue(message, code="informational", severity="information")], "informational"
+        )
         return fhir_response(body, status=status, headers=headers)
     return fhir_response(s.body, status=status, headers=headers)
 

@@ -1,5 +1,6 @@
 """Fixtures: one database per test session (SQLite file, or a fresh PostgreSQL database created on the
 server named by FHIR_TEST_DATABASE_URL), emptied after every test; ``app`` and ``client`` per test."""
+
 from __future__ import annotations
 
 import os

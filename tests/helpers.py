@@ -1,4 +1,5 @@
 """Small helpers shared by tests."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Start a real server process (``fhir-api serve``, i.e. gunicorn) on a free port for end-to-end tests."""
+
 from __future__ import annotations
 
 import os

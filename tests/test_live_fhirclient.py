@@ -1,4 +1,5 @@
-"""End to end against a real server process, driven by the Python ``fhirclient`` library (as integrators do)."""
+"""End to end against a real server process, driven by the Python ``fhirclient`` library."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,7 +24,9 @@ def test_fhirclient_create_read_update_delete(server):
     smart = fhir_client.FHIRClient(settings={"app_id": "e2e-test", "api_base": f"{server}/fhir/R4/"})
     assert smart.server.capabilityStatement.fhirVersion == "4.0.1"
 
-    patient = Patient({"name": [{"family": "Doe", "given": ["Jane"]}], "gender": "female", "birthDate": "1980-02-29"})
+    patient = Patient(
+        {"name": [{"family": "Doe", "given": ["Jane"]}], "gender": "female", "birthDate": "1980-02-29"}
+    )
     created = patient.create(smart.server)
     assert created["resourceType"] == "Patient" and created["meta"]["versionId"] == "1"
     pid = created["id"]

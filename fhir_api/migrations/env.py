@@ -1,4 +1,5 @@
 """Alembic environment: the URL comes from the app configuration, never from alembic.ini."""
+
 from __future__ import annotations
 
 from alembic import context

@@ -1,4 +1,5 @@
 """Every failure is an OperationOutcome with the right status, issue code, expression and docs link."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,9 @@ def test_malformed_json_400(client):
     _assert_outcome(resp, 400, "structure")
     resp = client.post("/fhir/R4/Patient", data="", content_type=FHIR)
     _assert_outcome(resp, 400, "structure")
-    resp = client.post("/fhir/R4/Patient", data='{"resourceType":"Patient","gender":"male","gender":"x"}',
-                       content_type=FHIR)
+    resp = client.post(
+        "/fhir/R4/Patient", data='{"resourceType":"Patient","gender":"male","gender":"x"}', content_type=FHIR
+    )
     _assert_outcome(resp, 400, "structure")
     resp = client.post("/fhir/R4/Patient", data=b"\xff\xfe", content_type=FHIR)
     _assert_outcome(resp, 400)
@@ -71,18 +73,28 @@ def test_unknown_type_404_and_unsupported_r4_type_422(client):
 
 
 def test_media_types(client):
-    _assert_outcome(client.post("/fhir/R4/Patient", data="<Patient/>", content_type="application/fhir+xml"), 415)
+    _assert_outcome(
+        client.post("/fhir/R4/Patient", data="<Patient/>", content_type="application/fhir+xml"), 415
+    )
     _assert_outcome(client.post("/fhir/R4/Patient", data="x", content_type="text/plain"), 415)
-    resp = client.post("/fhir/R4/Patient", json=patient(), headers={"Content-Type": f"{FHIR}; fhirVersion=3.0"})
+    resp = client.post(
+        "/fhir/R4/Patient", json=patient(), headers={"Content-Type": f"{FHIR}; fhirVersion=3.0"}
+    )
     _assert_outcome(resp, 415)
-    resp = client.post("/fhir/R4/Patient", data='{"resourceType":"Patient"}',
-                       content_type=f"{FHIR}; fhirVersion=4.0; charset=utf-8")
+    resp = client.post(
+        "/fhir/R4/Patient",
+        data='{"resourceType":"Patient"}',
+        content_type=f"{FHIR}; fhirVersion=4.0; charset=utf-8",
+    )
     assert resp.status_code == 201
     _assert_outcome(client.get("/fhir/R4/metadata", headers={"Accept": "application/fhir+xml"}), 406)
     _assert_outcome(client.get("/fhir/R4/metadata?_format=xml"), 406)
     _assert_outcome(client.get("/fhir/R4/metadata", headers={"Accept": f"{FHIR}; fhirVersion=5.0"}), 406)
-    assert client.get("/fhir/R4/metadata", headers={"Accept": "application/json"}).headers[
-        "Content-Type"].startswith("application/json")
+    assert (
+        client.get("/fhir/R4/metadata", headers={"Accept": "application/json"})
+        .headers["Content-Type"]
+        .startswith("application/json")
+    )
     assert client.get("/fhir/R4/metadata?_format=json").status_code == 200
     assert client.get("/fhir/R4/metadata", headers={"Accept": "text/html,*/*;q=0.8"}).status_code == 200
 
@@ -120,8 +132,12 @@ def test_unexpected_exception_is_500_outcome_without_trace(app, client, monkeypa
 
 
 def test_request_id_echoed_or_generated(client):
-    assert client.get("/fhir/R4/metadata", headers={"X-Request-Id": "abc-1"}).headers["X-Request-Id"] == "abc-1"
-    generated = client.get("/fhir/R4/metadata", headers={"X-Request-Id": "bad id <x>"}).headers["X-Request-Id"]
+    assert (
+        client.get("/fhir/R4/metadata", headers={"X-Request-Id": "abc-1"}).headers["X-Request-Id"] == "abc-1"
+    )
+    generated = client.get("/fhir/R4/metadata", headers={"X-Request-Id": "bad id <x>"}).headers[
+        "X-Request-Id"
+    ]
     assert generated and generated != "bad id <x>"
 
 
@@ -145,7 +161,7 @@ def test_pretty(client):
 
 @pytest.mark.parametrize("slug_status", [(404, "not-found"), (400, "bad-request")])
 def test_docs_links_resolve_to_a_section(client, slug_status):
-    status, slug = slug_status
+    _status, slug = slug_status
     page = client.get("/docs/errors").get_data(as_text=True)
     assert f'id="{slug}"' in page
 

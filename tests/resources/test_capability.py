@@ -1,4 +1,5 @@
 """The CapabilityStatement is generated from the registered routes and validates as R4B."""
+
 from __future__ import annotations
 
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
@@ -15,7 +16,16 @@ def test_metadata_validates_and_lists_what_is_implemented(client, app):
     rest = body["rest"][0]
     assert [r["type"] for r in rest["resource"]] == list(supported_types())
     codes = {i["code"] for i in rest["resource"][0]["interaction"]}
-    assert codes == {"read", "vread", "update", "patch", "delete", "history-instance", "create", "history-type"}
+    assert codes == {
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "create",
+        "history-type",
+    }
     assert {i["code"] for i in rest["interaction"]} == {"history-system"}
 
 
@@ -25,7 +35,10 @@ def test_metadata_follows_the_url_map(app, client):
     mark = view.fhir_interaction
     try:
         del view.fhir_interaction
-        codes = {i["code"] for i in client.get("/fhir/R4/metadata").get_json()["rest"][0]["resource"][0]["interaction"]}
+        codes = {
+            i["code"]
+            for i in client.get("/fhir/R4/metadata").get_json()["rest"][0]["resource"][0]["interaction"]
+        }
         assert "patch" not in codes
     finally:
         view.fhir_interaction = mark

@@ -1,4 +1,5 @@
 """create / read / vread / update / patch / delete through HTTP, per http://hl7.org/fhir/R4/http.html."""
+
 from __future__ import annotations
 
 import simplejson
@@ -97,7 +98,12 @@ def test_update_if_match(client):
     assert issue(resp)["code"] == "conflict"
     assert client.put(url, json=patient(id=rid), headers={"If-Match": 'W/"1"'}).status_code == 200
     assert client.put(url, json=patient(id=rid), headers={"If-Match": "bogus"}).status_code == 400
-    assert client.put("/fhir/R4/Patient/new1", json=patient(id="new1"), headers={"If-Match": 'W/"1"'}).status_code == 412
+    assert (
+        client.put(
+            "/fhir/R4/Patient/new1", json=patient(id="new1"), headers={"If-Match": 'W/"1"'}
+        ).status_code
+        == 412
+    )
 
 
 def test_update_id_mismatch_and_missing(client):
@@ -131,13 +137,18 @@ def test_json_patch_revalidated_and_if_match(client):
     resp = client.patch(url, json=bad, headers={"Content-Type": "application/json-patch+json"})
     assert resp.status_code == 400
     assert issue(resp)["expression"] == ["Patient.birthDate"]
-    resp = client.patch(url, json=ops, headers={"Content-Type": "application/json-patch+json", "If-Match": 'W/"1"'})
+    resp = client.patch(
+        url, json=ops, headers={"Content-Type": "application/json-patch+json", "If-Match": 'W/"1"'}
+    )
     assert resp.status_code == 412
     failing = [{"op": "test", "path": "/gender", "value": "female"}]
     resp = client.patch(url, json=failing, headers={"Content-Type": "application/json-patch+json"})
     assert resp.status_code == 422
-    resp = client.patch(url, json=[{"op": "replace", "path": "/id", "value": "x"}],
-                        headers={"Content-Type": "application/json-patch+json"})
+    resp = client.patch(
+        url,
+        json=[{"op": "replace", "path": "/id", "value": "x"}],
+        headers={"Content-Type": "application/json-patch+json"},
+    )
     assert resp.status_code == 400
     resp = client.patch(url, json={"op": "nonsense"}, headers={"Content-Type": "application/json-patch+json"})
     assert resp.status_code == 400

@@ -1,4 +1,5 @@
 """Instance, type and system history with _since, _at, _count and keyset paging links."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """Every official R4 example PUT by its id: accepted ones read back as sent, the rest refused clearly."""
+
 from __future__ import annotations
 
 from typing import Any
