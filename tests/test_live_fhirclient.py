@@ -62,3 +62,24 @@ def test_server_headers_over_real_http(server):
     assert '"value":1.50' in got.text
     assert got.headers["Cache-Control"] == "no-store"
     assert got.headers["ETag"] == 'W/"1"'
+
+
+def test_concurrent_updates_never_lose_or_duplicate_a_version(server):
+    """Racing PUTs across two gunicorn workers: each succeeds or is refused; versions stay gap-free."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"{server}/fhir/R4/Patient/race-1"
+    hdr = {"Content-Type": "application/fhir+json"}
+    assert requests.put(url, json={"resourceType": "Patient", "id": "race-1"}, headers=hdr, timeout=10).ok
+
+    def put(i: int) -> int:
+        body = {"resourceType": "Patient", "id": "race-1", "birthDate": f"19{10 + i}-01-01"}
+        return requests.put(url, json=body, headers=hdr, timeout=30).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(put, range(40)))
+    assert set(statuses) <= {200, 409}, statuses
+    ok = statuses.count(200)
+    history = requests.get(f"{url}/_history?_count=100", timeout=10).json()
+    versions = sorted(int(e["response"]["etag"][3:-1]) for e in history["entry"])
+    assert versions == list(range(1, ok + 2))
