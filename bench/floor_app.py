@@ -7,6 +7,7 @@ beyond this is its own cost, so ``app req/s / floor req/s`` measures the app, no
 
 Run: ``python bench/floor_app.py --database-url postgresql://... --bind 127.0.0.1:8001 --workers 4``.
 """
+
 from __future__ import annotations
 
 import argparse
