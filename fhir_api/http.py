@@ -47,9 +47,11 @@ def negotiate_response_type() -> str:
         if mime not in _JSON_FORMATS:
             raise NotAcceptable(f"Unsupported _format '{mime}'; use json")
         _check_fhir_version({k.lower(): v for k, v in params.items()}, NotAcceptable)
-        return JSON if mime == JSON else FHIR_JSON
+        g.response_type = JSON if mime == JSON else FHIR_JSON
+        return g.response_type
     accept = request.headers.get("Accept", "")
     if not accept.strip():
+        g.response_type = FHIR_JSON
         return FHIR_JSON
     chosen: str | None = None
     for part in accept.split(","):
@@ -63,6 +65,7 @@ def negotiate_response_type() -> str:
             chosen = chosen or (JSON if mime == JSON else FHIR_JSON)
     if chosen is None:
         raise NotAcceptable("Only application/fhir+json and application/json responses are available")
+    g.response_type = chosen
     return chosen
 
 
@@ -104,10 +107,12 @@ def fhir_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """A FHIR JSON response; ``body`` may already be serialised text (stored resources are served as is)."""
-    try:
-        mimetype = negotiate_response_type()
-    except NotAcceptable:
-        mimetype = FHIR_JSON  # the error about it is being rendered right now
+    mimetype = g.get("response_type")
+    if mimetype is None:
+        try:
+            mimetype = negotiate_response_type()
+        except NotAcceptable:
+            mimetype = FHIR_JSON  # the error about it is being rendered right now
     if body is None:
         payload: str | bytes = b""
     elif isinstance(body, (str, bytes)):

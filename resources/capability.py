@@ -9,6 +9,8 @@ from flask import current_app
 from fhir_api import db
 from fhir_api.http import base_url
 from resources.registry import supported_types
+from resources.search.definitions import params_for
+from resources.search.query import supported_param_types
 
 INSTANCE_ORDER = ["read", "vread", "update", "patch", "delete", "history-instance"]
 TYPE_ORDER = ["create", "search-type", "history-type"]
@@ -24,6 +26,15 @@ def implemented_interactions() -> dict[str, set[str]]:
             code, level = mark
             found[level].add(code)
     return found
+
+
+def search_params(res_type: str) -> list[dict[str, str]]:
+    """The parameters the search engine can evaluate for a type, from the definitions registry."""
+    return [
+        {"name": code, "definition": param.url, "type": param.type}
+        for code, param in sorted(params_for(res_type).items())
+        if param.type in supported_param_types() and (param.expression or code in ("_id", "_lastUpdated"))
+    ]
 
 
 def capability_statement() -> dict[str, Any]:
@@ -42,6 +53,7 @@ def capability_statement() -> dict[str, Any]:
             "conditionalRead": "not-supported",
             "conditionalUpdate": False,
             "conditionalDelete": "not-supported",
+            **({"searchParam": search_params(res_type)} if "search-type" in found["type"] else {}),
         }
         for res_type in supported_types()
     ]

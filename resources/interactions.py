@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from fhir_api import db
 from fhir_api.errors import BadRequest, Conflict, Gone, NotFound, PreconditionFailed
@@ -18,6 +19,9 @@ from resources import jsonio
 from resources.patching import json_patch, merge_patch
 from resources.registry import check_type
 from resources.repository import HistoryQuery, ResourceRepository, Stored
+from resources.search.query import SearchContext
+from resources.search.results import SearchPage, SearchRequest
+from resources.search.results import run as run_search
 from resources.validation import validate
 
 _ONE_MS = timedelta(milliseconds=1)
@@ -71,7 +75,7 @@ def _store(
     when = db.now()
     if current is not None and when <= current.last_updated:  # keep lastUpdated monotonic per resource
         when = current.last_updated + _ONE_MS
-    body = None if resource is None else jsonio.dumps(stamp(resource, res_type, res_id, version, when))
+    stamped = None if resource is None else stamp(resource, res_type, res_id, version, when)
     return repo.write(
         current,
         res_type=res_type,
@@ -79,7 +83,7 @@ def _store(
         version=version,
         method=method,
         last_updated=when,
-        body=body,
+        resource=stamped,
     )
 
 
@@ -213,3 +217,10 @@ def history(repo: ResourceRepository, query: HistoryQuery) -> tuple[list[Stored]
         check_type(query.res_type)
     rows, more = repo.history(query)
     return list(rows), more
+
+
+def search(session: Session, req: SearchRequest, ctx: SearchContext) -> SearchPage:
+    """Type or system search; authorization filters and the audit record will wrap this one call."""
+    if req.res_type:
+        check_type(req.res_type)
+    return run_search(session, req, ctx)

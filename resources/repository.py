@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, exists, select
+from sqlalchemy import and_, bindparam, exists, select
 from sqlalchemy.orm import Session, aliased
 
+from resources import jsonio
 from resources.dates import DateRange
 from resources.models import Resource, ResourceVersion
+from resources.search.indexer import write_index
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,36 @@ class HistoryQuery:
     after_seq: int | None = None  # previous page: versions newer than this
 
 
-def _stored(v: ResourceVersion) -> Stored:
+_COLUMNS = (
+    ResourceVersion.res_type,
+    ResourceVersion.res_id,
+    ResourceVersion.version,
+    ResourceVersion.last_updated,
+    ResourceVersion.deleted,
+    ResourceVersion.method,
+    ResourceVersion.body,
+    ResourceVersion.seq,
+)
+_READ_CURRENT = (
+    select(*_COLUMNS)
+    .join(
+        Resource,
+        and_(
+            Resource.res_type == ResourceVersion.res_type,
+            Resource.res_id == ResourceVersion.res_id,
+            Resource.version == ResourceVersion.version,
+        ),
+    )
+    .where(Resource.res_type == bindparam("t"), Resource.res_id == bindparam("i"))
+)
+_READ_VERSION = select(*_COLUMNS).where(
+    ResourceVersion.res_type == bindparam("t"),
+    ResourceVersion.res_id == bindparam("i"),
+    ResourceVersion.version == bindparam("v"),
+)
+
+
+def stored_from_row(v: ResourceVersion) -> Stored:
     return Stored(v.res_type, v.res_id, v.version, v.last_updated, v.deleted, v.method, v.body, v.seq)
 
 
@@ -55,30 +87,17 @@ class ResourceRepository:
         return self.session.execute(stmt).scalar_one_or_none()
 
     def read(self, res_type: str, res_id: str) -> Stored | None:
-        """The current version in one indexed join."""
-        stmt = (
-            select(ResourceVersion)
-            .join(
-                Resource,
-                and_(
-                    Resource.res_type == ResourceVersion.res_type,
-                    Resource.res_id == ResourceVersion.res_id,
-                    Resource.version == ResourceVersion.version,
-                ),
-            )
-            .where(Resource.res_type == res_type, Resource.res_id == res_id)
-        )
-        row = self.session.execute(stmt).scalar_one_or_none()
-        return _stored(row) if row else None
+        """The current version: one indexed join, run as a cached Core statement (the hottest path)."""
+        row = self.session.connection().execute(_READ_CURRENT, {"t": res_type, "i": res_id}).one_or_none()
+        return Stored(*row) if row else None
 
     def vread(self, res_type: str, res_id: str, version: int) -> Stored | None:
-        stmt = select(ResourceVersion).where(
-            ResourceVersion.res_type == res_type,
-            ResourceVersion.res_id == res_id,
-            ResourceVersion.version == version,
+        row = (
+            self.session.connection()
+            .execute(_READ_VERSION, {"t": res_type, "i": res_id, "v": version})
+            .one_or_none()
         )
-        row = self.session.execute(stmt).scalar_one_or_none()
-        return _stored(row) if row else None
+        return Stored(*row) if row else None
 
     def write(
         self,
@@ -89,10 +108,15 @@ class ResourceRepository:
         version: int,
         method: str,
         last_updated: datetime,
-        body: str | None,
+        resource: dict[str, Any] | None,
     ) -> Stored:
-        """Append a version and move the current pointer; the caller owns the transaction."""
-        deleted = body is None
+        """Append a version, move the current pointer and re-index; the caller owns the transaction.
+
+        This is the one place a resource reaches storage, so encryption of protected fields and their
+        blind indexes plug in here.
+        """
+        deleted = resource is None
+        body = None if resource is None else jsonio.dumps(resource)
         if current is None:
             self.session.add(
                 Resource(
@@ -116,7 +140,8 @@ class ResourceRepository:
         )
         self.session.add(row)
         self.session.flush()
-        return _stored(row)
+        write_index(self.session, res_type, res_id, resource, replace=current is not None)
+        return stored_from_row(row)
 
     def history(self, q: HistoryQuery) -> tuple[Sequence[Stored], bool]:
         """One page of versions, newest first, and whether more exist beyond it in the paging direction."""
@@ -143,7 +168,7 @@ class ResourceRepository:
             if q.before_seq is not None:
                 stmt = stmt.where(rv.seq < q.before_seq)
             stmt = stmt.order_by(rv.seq.desc())
-        rows = [_stored(r) for r in self.session.execute(stmt.limit(q.limit + 1)).scalars()]
+        rows = [stored_from_row(r) for r in self.session.execute(stmt.limit(q.limit + 1)).scalars()]
         more = len(rows) > q.limit
         rows = rows[: q.limit]
         if q.after_seq is not None:

@@ -31,6 +31,9 @@ from resources.capability import capability_statement
 from resources.dates import parse_range
 from resources.registry import check_type
 from resources.repository import HistoryQuery, ResourceRepository, Stored
+from resources.search.query import SearchContext
+from resources.search.results import parse_request, searchset_bundle
+from resources.summary import parse_elements, parse_summary, select_elements, summarize
 
 blp = Blueprint("fhir", __name__, url_prefix="/fhir/R4", description="FHIR R4 RESTful interactions")
 
@@ -241,3 +244,73 @@ def history_instance(res_type: str, res_id: str):
     if _repo().current(res_type, res_id) is None:
         raise NotFound(f"{res_type}/{res_id} is not known")
     return _history_response(query)
+
+
+def _search_args() -> list[tuple[str, str]]:
+    """Query parameters, plus the form body of ``POST _search`` (both count, as the spec says)."""
+    args = list(request.args.items(multi=True))
+    if request.method == "POST":
+        require_json_body(allowed=("application/x-www-form-urlencoded",))
+        args += list(request.form.items(multi=True))
+    return args
+
+
+def _renderer(res_type: str | None, args: list[tuple[str, str]]):
+    """Apply _summary / _elements to each entry; None when entries are served exactly as stored."""
+    values = dict(args)
+    summary = parse_summary(values.get("_summary"))
+    elements = parse_elements(values.get("_elements"), res_type)
+    if summary in (None, "false", "count") and not elements:
+        return None
+
+    def render(s: Stored) -> str:
+        resource = jsonio.loads_trusted(s.body or "{}")
+        if elements:
+            resource = select_elements(resource, elements)
+        elif summary:
+            resource = summarize(resource, summary)
+        return jsonio.dumps(resource)
+
+    return render
+
+
+def _search_response(res_type: str | None, path: str):
+    cfg = current_app.config
+    args = _search_args()
+    render = _renderer(res_type, args)
+    req = parse_request(
+        res_type, args, default_count=int(cfg["DEFAULT_PAGE_SIZE"]), max_count=int(cfg["MAX_PAGE_SIZE"])
+    )
+    ctx = SearchContext(
+        session=db.session(), base_url=base_url(), strict=parse_prefer().get("handling") == "strict"
+    )
+    page = interactions.search(db.session(), req, ctx)
+    return fhir_response(searchset_bundle(page, base_url(), path, args, render))
+
+
+@blp.route("/<rtype:res_type>", methods=["GET"])
+@interaction("search-type", "type")
+def search_type(res_type: str):
+    """Search one resource type."""
+    check_type(res_type)
+    return _search_response(res_type, f"/{res_type}")
+
+
+@blp.route("/<rtype:res_type>/_search", methods=["POST"])
+def search_type_post(res_type: str):
+    """Search one resource type with the parameters in a form body."""
+    check_type(res_type)
+    return _search_response(res_type, f"/{res_type}")
+
+
+@blp.route("/", methods=["GET"])
+@interaction("search-system", "system")
+def search_system():
+    """Search across resource types (``_type`` narrows them)."""
+    return _search_response(None, "")
+
+
+@blp.route("/_search", methods=["POST"])
+def search_system_post():
+    """System search with the parameters in a form body."""
+    return _search_response(None, "")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-import resources.models  # noqa: F401  (registers tables on Base.metadata)
+import resources.models
+import resources.search.models  # noqa: F401
 from fhir_api.db import Base
 
 config = context.config

@@ -1,0 +1,1 @@
+"""FHIR search: SearchParameter definitions, index extraction, query building."""

@@ -1,0 +1,133 @@
+"""Search index tables, one per parameter type; each row is one indexed value of one current resource.
+
+Rows exist only for the current, non-deleted version of a resource: a write replaces them in the same
+transaction. Protected values (see the encryption issue) will be stored here only as keyed hashes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Float, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fhir_api.db import Base, UTCDateTime
+
+# Long strings are cut to this many characters in indexed columns (btree limits); full values are kept
+# where exact matching needs them.
+INDEXED_CHARS = 255
+
+
+class _IndexRow:
+    """Columns every index table shares."""
+
+    row_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    res_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    res_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    param: Mapped[str] = mapped_column(String(100), nullable=False)
+
+
+class StringIndex(_IndexRow, Base):
+    """Strings, normalised (case and accents folded) for starts-with/contains; exact text for :exact."""
+
+    __tablename__ = "search_string"
+    value_norm: Mapped[str] = mapped_column(String(INDEXED_CHARS), nullable=False)
+    value_exact: Mapped[str] = mapped_column(Text, nullable=False)
+    __table_args__ = (
+        Index(
+            "ix_search_string_value",
+            "res_type",
+            "param",
+            "value_norm",
+            postgresql_ops={"value_norm": "text_pattern_ops"},
+        ),
+        Index("ix_search_string_res", "res_type", "res_id"),
+    )
+
+
+class TokenIndex(_IndexRow, Base):
+    """Codes with their system; ``text_norm`` for :text; identifier type for :of-type."""
+
+    __tablename__ = "search_token"
+    system: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    code: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    text_norm: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    type_system: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    type_code: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    __table_args__ = (
+        Index("ix_search_token_code", "res_type", "param", "code", "system"),
+        Index("ix_search_token_system", "res_type", "param", "system"),
+        Index("ix_search_token_res", "res_type", "res_id"),
+    )
+
+
+class DateIndex(_IndexRow, Base):
+    """A date, dateTime, instant, Period or Timing as the UTC range [low, high)."""
+
+    __tablename__ = "search_date"
+    low: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    high: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    __table_args__ = (
+        Index("ix_search_date_low", "res_type", "param", "low"),
+        Index("ix_search_date_high", "res_type", "param", "high"),
+        Index("ix_search_date_res", "res_type", "res_id"),
+    )
+
+
+class NumberIndex(_IndexRow, Base):
+    __tablename__ = "search_number"
+    value: Mapped[float] = mapped_column(Float, nullable=False)
+    __table_args__ = (
+        Index("ix_search_number_value", "res_type", "param", "value"),
+        Index("ix_search_number_res", "res_type", "res_id"),
+    )
+
+
+class QuantityIndex(_IndexRow, Base):
+    __tablename__ = "search_quantity"
+    value: Mapped[float] = mapped_column(Float, nullable=False)
+    system: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    code: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    unit: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    __table_args__ = (
+        Index("ix_search_quantity_value", "res_type", "param", "value"),
+        Index("ix_search_quantity_res", "res_type", "res_id"),
+    )
+
+
+class ReferenceIndex(_IndexRow, Base):
+    """A reference: local targets by type and id; anything else (absolute, canonical) by URL."""
+
+    __tablename__ = "search_reference"
+    target_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    target_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    url: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    __table_args__ = (
+        Index("ix_search_reference_target", "target_id", "target_type", "param", "res_type"),
+        Index("ix_search_reference_res", "res_type", "res_id", "param"),
+        Index("ix_search_reference_url", "res_type", "param", "url"),
+    )
+
+
+class UriIndex(_IndexRow, Base):
+    __tablename__ = "search_uri"
+    value: Mapped[str] = mapped_column(String(INDEXED_CHARS), nullable=False)
+    __table_args__ = (
+        Index(
+            "ix_search_uri_value", "res_type", "param", "value", postgresql_ops={"value": "text_pattern_ops"}
+        ),
+        Index("ix_search_uri_res", "res_type", "res_id"),
+    )
+
+
+INDEX_TABLES = {
+    "string": StringIndex,
+    "token": TokenIndex,
+    "date": DateIndex,
+    "number": NumberIndex,
+    "quantity": QuantityIndex,
+    "reference": ReferenceIndex,
+    "uri": UriIndex,
+}

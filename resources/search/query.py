@@ -1,0 +1,519 @@
+"""Translate FHIR search parameters into SQL over the index tables (http://hl7.org/fhir/R4/search.html).
+
+Every parameter becomes an EXISTS over its index table correlated to the searched ``resource`` row; comma
+values are OR, repeated parameters AND. Chains and ``_has`` nest the same builder one level down, so any
+depth works and everything is filtered in the database (counts and paging never see excluded rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, false, literal, not_, or_, select
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.util import AliasedClass
+
+from fhir_api.errors import BadRequest
+from resources.dates import DateRange, parse_range
+from resources.models import Resource
+from resources.registry import R4_RESOURCE_TYPES, supported_types
+from resources.search import values as normalise
+from resources.search.definitions import SearchParam, params_for
+from resources.search.models import INDEX_TABLES, DateIndex, ReferenceIndex, TokenIndex, UriIndex
+
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+# Parameters that shape results rather than filter them (handled by resources.search.results).
+RESULT_PARAMETERS = frozenset(
+    {
+        "_count",
+        "_sort",
+        "_include",
+        "_revinclude",
+        "_summary",
+        "_elements",
+        "_total",
+        "_contained",
+        "_containedType",
+        "_format",
+        "_pretty",
+        "_cursor",
+        "_type",
+    }
+)
+MODIFIERS = {
+    "string": {"exact", "contains", "missing"},
+    "token": {"not", "text", "of-type", "in", "not-in", "missing"},
+    "date": {"missing"},
+    "number": {"missing"},
+    "quantity": {"missing"},
+    "reference": {"missing"},  # plus a resource type, checked separately
+    "uri": {"below", "above", "missing"},
+}
+MAX_VALUESET_CODES = 1000
+
+
+class UnknownParameter(BadRequest):
+    slug, title = "unknown-search-parameter", "Unknown search parameter"
+    explanation = (
+        "The search names a parameter this server does not know for the resource type. With "
+        "Prefer: handling=strict this is an error; otherwise the parameter is ignored and the searchset "
+        "says so in an OperationOutcome entry."
+    )
+
+
+@dataclass
+class SearchContext:
+    """What a query build needs besides the parameters: the session (for :in) and our base URL."""
+
+    session: Session | None = None
+    base_url: str = ""
+    strict: bool = False
+    ignored: list[str] = field(default_factory=list)
+
+
+# -- value syntax ------------------------------------------------------------------------------------------
+def split_unescaped(raw: str, sep: str) -> list[str]:
+    """Split on ``sep`` unless escaped with a backslash; unescape ``\\,`` ``\\|`` ``\\$`` ``\\\\``."""
+    parts, current, escaped = [], [], False
+    for ch in raw:
+        if escaped:
+            current.append(ch if ch in ",|$\\" else "\\" + ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == sep:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if escaped:
+        current.append("\\")
+    parts.append("".join(current))
+    return parts
+
+
+def split_prefix(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in PREFIXES and (value[2].isdigit() or value[2] in "-+."):
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def _decimal(text: str, name: str) -> Decimal:
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise BadRequest(f"Parameter {name}: '{text}' is not a number", expression=name) from None
+    if not number.is_finite():
+        raise BadRequest(f"Parameter {name}: '{text}' is not a finite number", expression=name)
+    return number
+
+
+# -- per-type conditions (each returns a clause over one index-table alias) ----------------------------------
+def _string_clause(t: Any, modifier: str, value: str) -> ColumnElement[bool]:
+    if modifier == "exact":
+        return and_(t.value_norm == normalise.normalize_text(value), t.value_exact == value)
+    norm = normalise.normalize_text(value)
+    if modifier == "contains":
+        return t.value_norm.contains(norm, autoescape=True)
+    return t.value_norm.startswith(norm, autoescape=True)
+
+
+def _valueset_codes(ctx: SearchContext, url: str, name: str) -> list[tuple[str | None, str]]:
+    """(system, code) pairs of a ValueSet stored here, found by canonical URL or ValueSet/id."""
+    from resources import jsonio
+    from resources.repository import ResourceRepository  # late: repository imports search for indexing
+
+    if ctx.session is None:
+        raise BadRequest(f"Parameter {name}: value sets cannot be expanded here", expression=name)
+    repo = ResourceRepository(ctx.session)
+    stored = None
+    if url.startswith("ValueSet/"):
+        stored = repo.read("ValueSet", url.split("/", 1)[1])
+    else:
+        u = aliased(UriIndex)
+        found = ctx.session.execute(
+            select(u.res_id).where(u.res_type == "ValueSet", u.param == "url", u.value == url[:255]).limit(1)
+        ).scalar_one_or_none()
+        stored = repo.read("ValueSet", found) if found else None
+    if stored is None or stored.body is None:
+        raise BadRequest(f"Parameter {name}: value set '{url}' is not stored on this server", expression=name)
+    valueset = jsonio.loads_trusted(stored.body)
+    pairs: list[tuple[str | None, str]] = []
+    for include in (valueset.get("compose") or {}).get("include") or []:
+        for concept in include.get("concept") or []:
+            pairs.append((include.get("system"), concept.get("code")))
+
+    def walk(items: list[dict[str, Any]]) -> None:
+        for item in items:
+            if item.get("code"):
+                pairs.append((item.get("system"), item["code"]))
+            walk(item.get("contains") or [])
+
+    walk((valueset.get("expansion") or {}).get("contains") or [])
+    if not pairs or len(pairs) > MAX_VALUESET_CODES:
+        raise BadRequest(
+            f"Parameter {name}: value set '{url}' has no enumerated codes "
+            f"(or more than {MAX_VALUESET_CODES})",
+            expression=name,
+        )
+    return pairs
+
+
+def _token_clause(ctx: SearchContext, t: Any, modifier: str, value: str, name: str) -> ColumnElement[bool]:
+    if modifier == "text":
+        return t.text_norm.startswith(normalise.normalize_text(value), autoescape=True)
+    if modifier in ("in", "not-in"):
+        pairs = _valueset_codes(ctx, value, name)
+        return or_(
+            *[
+                and_(t.code == code, t.system == system) if system else t.code == code
+                for system, code in pairs
+            ]
+        )
+    parts = split_unescaped(value, "|")
+    if modifier == "of-type":
+        if len(parts) != 3:
+            raise BadRequest(f"Parameter {name}: :of-type needs system|code|value", expression=name)
+        return and_(t.type_system == parts[0], t.type_code == parts[1], t.code == parts[2][:255])
+    if len(parts) == 1:
+        return t.code == parts[0][:255]
+    if len(parts) != 2:
+        raise BadRequest(f"Parameter {name}: a token is [system]|[code]", expression=name)
+    system, code = parts
+    if system and code:
+        return and_(t.code == code[:255], t.system == system[:255])
+    if code:  # |code: no system
+        return and_(t.code == code[:255], t.system.is_(None))
+    if system:
+        return t.system == system[:255]
+    raise BadRequest(f"Parameter {name}: empty token", expression=name)
+
+
+def date_condition(low: Any, high: Any, prefix: str, r: DateRange) -> ColumnElement[bool]:
+    """Target range [low, high) against search range [r.low, r.high), per the prefix semantics."""
+    if prefix == "eq":
+        return and_(low >= r.low, high <= r.high)
+    if prefix == "ne":
+        return or_(low < r.low, high > r.high)
+    if prefix == "gt":
+        return high > r.high
+    if prefix == "lt":
+        return low < r.low
+    if prefix == "ge":
+        return high > r.low
+    if prefix == "le":
+        return low < r.high
+    if prefix == "sa":
+        return low >= r.high
+    if prefix == "eb":
+        return high <= r.low
+    # ap: overlap with the search range widened by 10% of its distance from now (at least a day)
+    gap = max(abs(datetime.now(UTC) - r.low) / 10, timedelta(days=1))
+    return and_(low < r.high + gap, high > r.low - gap)
+
+
+def _date_clause(t: Any, value: str, name: str) -> ColumnElement[bool]:
+    prefix, text = split_prefix(value)
+    return date_condition(t.low, t.high, prefix, parse_range(text, name))
+
+
+def number_condition(col: Any, prefix: str, number: Decimal) -> ColumnElement[bool]:
+    exponent = number.as_tuple().exponent
+    half = Decimal(5).scaleb(int(exponent) - 1) if isinstance(exponent, int) else Decimal(0)
+    lo, hi, v = float(number - half), float(number + half), float(number)
+    match prefix:
+        case "eq":
+            return and_(col >= lo, col < hi)
+        case "ne":
+            return or_(col < lo, col >= hi)
+        case "gt" | "sa":
+            return col > v
+        case "lt" | "eb":
+            return col < v
+        case "ge":
+            return col >= v
+        case "le":
+            return col <= v
+        case _:  # ap: within 10%
+            spread = abs(v) * 0.1
+            return and_(col >= v - spread, col <= v + spread)
+
+
+def _number_clause(t: Any, value: str, name: str) -> ColumnElement[bool]:
+    prefix, text = split_prefix(value)
+    return number_condition(t.value, prefix, _decimal(text, name))
+
+
+def _quantity_clause(t: Any, value: str, name: str) -> ColumnElement[bool]:
+    prefix, text = split_prefix(value)
+    parts = split_unescaped(text, "|")
+    if len(parts) not in (1, 3):
+        raise BadRequest(f"Parameter {name}: a quantity is [prefix]number[|system|code]", expression=name)
+    clause = number_condition(t.value, prefix, _decimal(parts[0], name))
+    if len(parts) == 3:
+        system, code = parts[1], parts[2]
+        if system:
+            clause = and_(clause, t.system == system)
+        if code:
+            clause = and_(
+                clause,
+                or_(t.code == code, and_(t.code.is_(None), t.unit == code)) if not system else t.code == code,
+            )
+    return clause
+
+
+def _reference_clause(
+    ctx: SearchContext, t: Any, param: SearchParam, modifier: str, value: str, name: str
+) -> ColumnElement[bool]:
+    if modifier:  # :Type means the value is an id of that type
+        return and_(t.target_type == modifier, t.target_id == value)
+    if "://" in value or value.startswith("urn:"):
+        base = ctx.base_url.rstrip("/") + "/"
+        if ctx.base_url and value.startswith(base):
+            value = value[len(base) :]
+        else:
+            return t.url == value[:255]
+    target_type, target_id = normalise.parse_reference(value) if "/" in value else (None, value)
+    if target_type:
+        return and_(t.target_type == target_type, t.target_id == target_id)
+    if "/" in value:
+        raise BadRequest(f"Parameter {name}: '{value}' is not a reference", expression=name)
+    targets = [x for x in param.targets if x in R4_RESOURCE_TYPES]
+    return and_(t.target_id == value, t.target_type.in_(targets)) if targets else t.target_id == value
+
+
+def _uri_clause(t: Any, modifier: str, value: str) -> ColumnElement[bool]:
+    if modifier == "below":
+        return t.value.startswith(value[:255], autoescape=True)
+    if modifier == "above":
+        return literal(value).startswith(t.value)
+    return t.value == value[:255]
+
+
+# -- parameters ---------------------------------------------------------------------------------------------
+def supported_param_types() -> frozenset[str]:
+    """Parameter types this engine evaluates (composite and special are not indexed yet)."""
+    return frozenset(INDEX_TABLES)
+
+
+def _param(res_type: str, code: str, name: str) -> SearchParam:
+    param = params_for(res_type).get(code)
+    if param is None:
+        raise UnknownParameter(f"Unknown search parameter '{name}' for {res_type}", expression=name)
+    return param
+
+
+def _index_exists(
+    res_type: str | None,
+    outer: AliasedClass[Resource],
+    table: Any,
+    code: str,
+    clause: ColumnElement[bool] | None,
+) -> ColumnElement[bool]:
+    t = table
+    conditions = [t.res_id == outer.res_id, t.param == code]
+    conditions.insert(0, t.res_type == res_type if res_type else t.res_type == outer.res_type)
+    if clause is not None:
+        conditions.append(clause)
+    return exists(select(literal(1)).where(*conditions))
+
+
+def _missing(res_type: str, outer: AliasedClass[Resource], param: SearchParam, value: str, name: str):
+    if value not in ("true", "false"):
+        raise BadRequest(f"Parameter {name}: :missing takes true or false", expression=name)
+    present = _index_exists(res_type, outer, aliased(INDEX_TABLES[param.type]), param.code, None)
+    return not_(present) if value == "true" else present
+
+
+def _special(res_type: str, outer: AliasedClass[Resource], code: str, modifier: str, value: str, name: str):
+    values = split_unescaped(value, ",")
+    if code == "_id":
+        if modifier == "missing":
+            return false() if value == "true" else None
+        if modifier:
+            raise BadRequest(f"Parameter {name}: _id takes no modifier", expression=name)
+        return outer.res_id.in_(values)
+    # _lastUpdated: a point in time on the resource row
+    clauses = []
+    for v in values:
+        prefix, text = split_prefix(v)
+        r = parse_range(text, name)
+        lu = outer.last_updated
+        clauses.append(
+            {
+                "eq": and_(lu >= r.low, lu < r.high),
+                "ne": or_(lu < r.low, lu >= r.high),
+                "gt": lu >= r.high,
+                "sa": lu >= r.high,
+                "lt": lu < r.low,
+                "eb": lu < r.low,
+                "ge": lu >= r.low,
+                "le": lu < r.high,
+                "ap": and_(lu >= r.low - timedelta(days=1), lu < r.high + timedelta(days=1)),
+            }[prefix]
+        )
+    return or_(*clauses)
+
+
+def parameter_clause(
+    ctx: SearchContext, res_type: str, outer: AliasedClass[Resource], name: str, value: str
+) -> ColumnElement[bool] | None:
+    """One ``name=value`` of a search as a SQL condition on ``outer`` (None when ignored)."""
+    if name.startswith("_has:"):
+        return _has_clause(ctx, res_type, outer, name, value)
+    head, dot, rest = name.partition(".")
+    code, _, modifier = head.partition(":")
+    if code in ("_id", "_lastUpdated") and not dot:
+        return _special(res_type, outer, code, modifier, value, name)
+    param = _param(res_type, code, name)
+    if dot:
+        return _chain_clause(ctx, res_type, outer, param, modifier, rest, value, name)
+    if modifier == "missing":
+        return _missing(res_type, outer, param, value, name)
+    if param.type not in INDEX_TABLES:  # composite and special: not indexed yet
+        raise UnknownParameter(f"Search parameter '{code}' ({param.type}) is not supported", expression=name)
+    allowed = MODIFIERS[param.type]
+    if (
+        modifier
+        and modifier not in allowed
+        and not (param.type == "reference" and modifier in R4_RESOURCE_TYPES)
+    ):
+        raise BadRequest(
+            f"Parameter {name}: modifier ':{modifier}' is not supported for {param.type} parameters",
+            expression=name,
+        )
+    table = aliased(INDEX_TABLES[param.type])
+    values = [v for v in split_unescaped(value, ",") if v != ""]
+    if not values:
+        raise BadRequest(f"Parameter {name} has no value", expression=name)
+    if modifier == "not":  # no value of the resource matches: negate the whole EXISTS
+        matches = or_(*[_token_clause(ctx, table, "", v, name) for v in values])
+        return not_(_index_exists(res_type, outer, table, code, matches))
+    if modifier == "not-in":
+        matches = or_(*[_token_clause(ctx, table, "in", v, name) for v in values])
+        return not_(_index_exists(res_type, outer, table, code, matches))
+    clauses = [_value_clause(ctx, table, param, modifier, v, name) for v in values]
+    return _index_exists(res_type, outer, table, code, or_(*clauses))
+
+
+def _value_clause(
+    ctx: SearchContext, t: Any, param: SearchParam, modifier: str, value: str, name: str
+) -> ColumnElement[bool]:
+    match param.type:
+        case "string":
+            return _string_clause(t, modifier, value)
+        case "token":
+            return _token_clause(ctx, t, modifier, value, name)
+        case "date":
+            return _date_clause(t, value, name)
+        case "number":
+            return _number_clause(t, value, name)
+        case "quantity":
+            return _quantity_clause(t, value, name)
+        case "reference":
+            return _reference_clause(ctx, t, param, modifier, value, name)
+        case _:
+            return _uri_clause(t, modifier, value)
+
+
+def _subquery_ids(ctx: SearchContext, res_type: str, name: str, value: str):
+    inner = aliased(Resource)
+    clause = parameter_clause(ctx, res_type, inner, name, value)
+    conditions = [inner.res_type == res_type, inner.deleted.is_(False)]
+    if clause is not None:
+        conditions.append(clause)
+    return select(inner.res_id).where(*conditions)
+
+
+def _chain_clause(
+    ctx: SearchContext,
+    res_type: str,
+    outer: AliasedClass[Resource],
+    param: SearchParam,
+    modifier: str,
+    rest: str,
+    value: str,
+    name: str,
+) -> ColumnElement[bool]:
+    """``subject:Patient.name=x``: a reference whose target matches the rest of the chain."""
+    if param.type != "reference":
+        raise BadRequest(f"Parameter {name}: only reference parameters can be chained", expression=name)
+    next_code = rest.partition(".")[0].partition(":")[0]
+    candidates = [modifier] if modifier else [t for t in param.targets if t in supported_types()]
+    if modifier and modifier not in supported_types():
+        raise BadRequest(f"Parameter {name}: '{modifier}' is not a resource type", expression=name)
+    targets = [
+        t
+        for t in candidates
+        if next_code.startswith("_has") or next_code in ("_id", "_lastUpdated") or next_code in params_for(t)
+    ]
+    if not targets:
+        raise UnknownParameter(
+            f"Parameter {name}: no target of '{param.code}' has a parameter '{next_code}'", expression=name
+        )
+    clauses = []
+    for target in targets:
+        ref = aliased(ReferenceIndex)
+        clauses.append(
+            _index_exists(
+                res_type,
+                outer,
+                ref,
+                param.code,
+                and_(ref.target_type == target, ref.target_id.in_(_subquery_ids(ctx, target, rest, value))),
+            )
+        )
+    return or_(*clauses)
+
+
+def _has_clause(
+    ctx: SearchContext, res_type: str, outer: AliasedClass[Resource], name: str, value: str
+) -> ColumnElement[bool]:
+    """``_has:Observation:patient:code=x``: some Observation whose ``patient`` points here matches."""
+    parts = name.split(":", 3)
+    if len(parts) != 4 or not parts[3]:
+        raise BadRequest(f"Parameter {name}: _has is _has:Type:reference:parameter", expression=name)
+    _, source, ref_code, rest = parts
+    if source not in supported_types():
+        raise BadRequest(f"Parameter {name}: '{source}' is not a resource type", expression=name)
+    ref_param = _param(source, ref_code, name)
+    if ref_param.type != "reference":
+        raise BadRequest(
+            f"Parameter {name}: '{ref_code}' is not a reference parameter of {source}", expression=name
+        )
+    ref = aliased(ReferenceIndex)
+    return exists(
+        select(literal(1)).where(
+            ref.res_type == source,
+            ref.param == ref_code,
+            ref.target_type == outer.res_type,
+            ref.target_id == outer.res_id,
+            ref.res_id.in_(_subquery_ids(ctx, source, rest, value)),
+        )
+    )
+
+
+def build_filters(
+    ctx: SearchContext, res_type: str, outer: AliasedClass[Resource], params: list[tuple[str, str]]
+) -> list[ColumnElement[bool]]:
+    """AND of every filtering parameter; unknown ones raise (strict) or are recorded in ``ctx.ignored``."""
+    clauses = []
+    for name, value in params:
+        if name in RESULT_PARAMETERS:
+            continue
+        try:
+            clause = parameter_clause(ctx, res_type, outer, name, value)
+        except UnknownParameter:
+            if ctx.strict:
+                raise
+            ctx.ignored.append(name)
+            continue
+        if clause is not None:
+            clauses.append(clause)
+    return clauses
+
+
+__all__ = ["DateIndex", "SearchContext", "TokenIndex", "UnknownParameter", "build_filters", "date_condition"]

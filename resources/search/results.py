@@ -1,0 +1,407 @@
+"""Run a search: keyset paging over sort keys, totals, _include/_revinclude, and the searchset Bundle."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import simplejson
+from sqlalchemy import ColumnElement, and_, false, func, or_, select, true, tuple_
+from sqlalchemy.orm import Session, aliased
+
+from fhir_api.errors import BadRequest, Issue, operation_outcome
+from fhir_api.http import dumps
+from resources.models import Resource, ResourceVersion
+from resources.registry import supported_types
+from resources.repository import Stored, stored_from_row
+from resources.search.definitions import params_for
+from resources.search.models import INDEX_TABLES, ReferenceIndex
+from resources.search.query import SearchContext, build_filters
+
+SORT_COLUMNS = {
+    "string": "value_norm",
+    "token": "code",
+    "number": "value",
+    "quantity": "value",
+    "reference": "target_id",
+    "uri": "value",
+}
+MAX_INCLUDED = 1000
+MAX_ITERATE = 4
+
+
+@dataclass(frozen=True)
+class SortKey:
+    code: str
+    descending: bool
+
+
+@dataclass(frozen=True)
+class IncludeSpec:
+    source: str  # resource type, or "*"
+    param: str  # reference parameter code, or "*"
+    target: str | None
+    iterate: bool
+
+
+@dataclass
+class SearchRequest:
+    res_type: str | None
+    types: tuple[str, ...]
+    filters: list[tuple[str, str]]
+    count: int
+    sort: list[SortKey] = field(default_factory=list)
+    cursor: dict[str, Any] | None = None
+    includes: list[IncludeSpec] = field(default_factory=list)
+    revincludes: list[IncludeSpec] = field(default_factory=list)
+    total: str = "none"
+    summary_count: bool = False
+
+
+@dataclass
+class SearchPage:
+    matches: list[Stored]
+    included: list[Stored]
+    total: int | None
+    next_cursor: str | None
+    previous_cursor: str | None
+    ignored: list[str]
+    truncated_includes: bool = False
+
+
+# -- request parsing ---------------------------------------------------------------------------------------
+def _include_spec(value: str, iterate: bool, name: str) -> IncludeSpec:
+    if value == "*":
+        return IncludeSpec("*", "*", None, iterate)
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in supported_types():
+        raise BadRequest(f"{name}: '{value}' is not SourceType:parameter[:TargetType]", expression=name)
+    param = params_for(parts[0]).get(parts[1]) if parts[1] != "*" else None
+    if parts[1] != "*" and (param is None or param.type != "reference"):
+        raise BadRequest(f"{name}: '{parts[1]}' is not a reference parameter of {parts[0]}", expression=name)
+    target = parts[2] if len(parts) == 3 else None
+    if target is not None and target not in supported_types():
+        raise BadRequest(f"{name}: '{target}' is not a resource type", expression=name)
+    return IncludeSpec(parts[0], parts[1], target, iterate)
+
+
+def decode_cursor(raw: str) -> dict[str, Any]:
+    try:
+        data = simplejson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if (
+            not isinstance(data, dict)
+            or data.get("d") not in ("n", "p")
+            or not isinstance(data.get("k"), list)
+        ):
+            raise ValueError
+        data["k"] = [datetime.fromisoformat(v[1]) if v[0] == "t" else v[1] for v in data["k"]]
+        return data
+    except (ValueError, TypeError, IndexError, binascii.Error, simplejson.JSONDecodeError):
+        raise BadRequest(
+            "_cursor is not a paging cursor issued by this server", expression="_cursor"
+        ) from None
+
+
+def encode_cursor(direction: str, keys: Sequence[Any]) -> str:
+    encoded = [["t", k.isoformat()] if isinstance(k, datetime) else ["v", k] for k in keys]
+    raw = simplejson.dumps({"d": direction, "k": encoded}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def parse_request(
+    res_type: str | None, args: list[tuple[str, str]], *, default_count: int, max_count: int
+) -> SearchRequest:
+    count = default_count
+    sort: list[SortKey] = []
+    includes: list[IncludeSpec] = []
+    revincludes: list[IncludeSpec] = []
+    total = "none"
+    cursor = None
+    types: tuple[str, ...] = (res_type,) if res_type else ()
+    summary_count = False
+    for name, value in args:
+        base = name.partition(":")[0]
+        if base == "_count":
+            if not value.isdigit():
+                raise BadRequest("_count must be a non-negative integer", expression="_count")
+            count = min(int(value), max_count)
+        elif base == "_sort":
+            for key in value.split(","):
+                key = key.strip()
+                if key:
+                    sort.append(SortKey(key.lstrip("-"), key.startswith("-")))
+        elif base in ("_include", "_revinclude"):
+            iterate = name.endswith(":iterate") or name.endswith(":recurse")
+            target = includes if base == "_include" else revincludes
+            target.extend(_include_spec(v, iterate, name) for v in value.split(",") if v)
+        elif base == "_total":
+            if value not in ("none", "estimate", "accurate"):
+                raise BadRequest("_total is none, estimate or accurate", expression="_total")
+            total = value
+        elif base == "_summary" and value == "count":
+            summary_count = True
+            total = "accurate"
+        elif base == "_cursor":
+            cursor = decode_cursor(value)
+        elif base == "_type" and res_type is None:
+            wanted = tuple(t for v in value.split(",") if (t := v.strip()))
+            unknown = [t for t in wanted if t not in supported_types()]
+            if unknown:
+                raise BadRequest(
+                    f"_type names unknown resource types: {', '.join(unknown)}", expression="_type"
+                )
+            types = wanted
+    for key in sort:
+        if key.code not in ("_id", "_lastUpdated"):
+            if res_type is None:
+                raise BadRequest("System search sorts only by _id or _lastUpdated", expression="_sort")
+            param = params_for(res_type).get(key.code)
+            if param is None or param.type not in (*SORT_COLUMNS, "date"):
+                raise BadRequest(f"Cannot sort {res_type} by '{key.code}'", expression="_sort")
+    filters = [(n, v) for n, v in args]
+    return SearchRequest(
+        res_type, types, filters, count, sort, cursor, includes, revincludes, total, summary_count
+    )
+
+
+# -- SQL -----------------------------------------------------------------------------------------------------
+def _sort_expression(res_type: str, outer: Any, key: SortKey, dialect: str) -> ColumnElement[Any]:
+    if key.code == "_id":
+        return outer.res_id
+    if key.code == "_lastUpdated":
+        return outer.last_updated
+    param = params_for(res_type)[key.code]
+    table = aliased(INDEX_TABLES[param.type])
+    if param.type == "date":
+        column = func.max(table.high) if key.descending else func.min(table.low)
+    else:
+        col = getattr(table, SORT_COLUMNS[param.type])
+        if param.type in ("string", "token", "reference", "uri") and dialect == "postgresql":
+            col = col.collate("C")  # byte order, as SQLite sorts: the same pages on both databases
+        column = func.max(col) if key.descending else func.min(col)
+    return (
+        select(column)
+        .where(table.res_type == res_type, table.res_id == outer.res_id, table.param == key.code)
+        .scalar_subquery()
+    )
+
+
+def _after(keys: list[tuple[ColumnElement[Any], bool]], values: Sequence[Any]) -> ColumnElement[bool]:
+    """Rows strictly after ``values`` in the order of ``keys`` (direction per key, NULLs last)."""
+    if not keys:
+        return false()
+    (expr, descending), rest = keys[0], keys[1:]
+    value = values[0]
+    if value is None:
+        return and_(expr.is_(None), _after(rest, values[1:]))
+    beyond = expr < value if descending else expr > value
+    return or_(expr.is_(None), beyond, and_(expr == value, _after(rest, values[1:])))
+
+
+def _order(keys: list[tuple[ColumnElement[Any], bool]]) -> list[Any]:
+    out = []
+    for expr, descending in keys:
+        out.append(expr.is_(None))  # NULLs last in either direction
+        out.append(expr.desc() if descending else expr.asc())
+    return out
+
+
+def _page_query(session: Session, req: SearchRequest, ctx: SearchContext):
+    outer = aliased(Resource)
+    dialect = session.get_bind().dialect.name
+    conditions: list[ColumnElement[bool]] = [outer.deleted.is_(False)]
+    if req.res_type:
+        conditions.append(outer.res_type == req.res_type)
+        conditions += build_filters(ctx, req.res_type, outer, req.filters)
+    else:
+        types = req.types or supported_types()
+        per_type = []
+        for res_type in types:
+            clauses = build_filters(ctx, res_type, outer, req.filters)
+            per_type.append(
+                and_(outer.res_type == res_type, *clauses) if clauses else outer.res_type == res_type
+            )
+        if not any(name.partition(":")[0] not in _RESULTS for name, _ in req.filters) and not req.types:
+            per_type = [true()]
+        conditions.append(or_(*per_type))
+        ctx.ignored = sorted(set(ctx.ignored))
+    keys: list[tuple[ColumnElement[Any], bool]] = []
+    if req.res_type:
+        keys = [
+            (_sort_expression(req.res_type, outer, k, dialect), k.descending)
+            for k in req.sort
+            if k.code != "_id"
+        ]
+    else:
+        keys = [(outer.last_updated, k.descending) for k in req.sort if k.code == "_lastUpdated"]
+    id_desc = next((k.descending for k in req.sort if k.code == "_id"), False)
+    keys += [(outer.res_type, False), (outer.res_id, id_desc)]
+    return outer, conditions, keys
+
+
+_RESULTS = {
+    "_count",
+    "_sort",
+    "_include",
+    "_revinclude",
+    "_summary",
+    "_elements",
+    "_total",
+    "_contained",
+    "_containedType",
+    "_format",
+    "_pretty",
+    "_cursor",
+    "_type",
+}
+
+
+def _fetch(session: Session, pairs: Sequence[tuple[str, str]]) -> list[Stored]:
+    """Current versions of (type, id) pairs in one query, in the order given."""
+    if not pairs:
+        return []
+    r, v = aliased(Resource), aliased(ResourceVersion)
+    rows = session.execute(
+        select(v)
+        .join(r, and_(r.res_type == v.res_type, r.res_id == v.res_id, r.version == v.version))
+        .where(tuple_(r.res_type, r.res_id).in_(list(pairs)), r.deleted.is_(False))
+    ).scalars()
+    found = {(row.res_type, row.res_id): stored_from_row(row) for row in rows}
+    return [found[p] for p in pairs if p in found]
+
+
+def _count(session: Session, outer: Any, conditions: list[ColumnElement[bool]]) -> int:
+    """The number of matches; ``_total=estimate`` gets this exact figure too (an allowed estimate)."""
+    return int(session.execute(select(func.count()).select_from(outer).where(*conditions)).scalar_one())
+
+
+def _included(session: Session, matches: list[Stored], req: SearchRequest) -> tuple[list[Stored], bool]:
+    seen = {(s.res_type, s.res_id) for s in matches}
+    found: list[Stored] = []
+    frontier = matches
+    for depth in range(MAX_ITERATE + 1):
+        specs = [s for s in req.includes if depth == 0 or s.iterate]
+        rev = [s for s in req.revincludes if depth == 0 or s.iterate]
+        if not frontier or not (specs or rev):
+            break
+        wanted: list[tuple[str, str]] = []
+        ids = [(s.res_type, s.res_id) for s in frontier]
+        ref = aliased(ReferenceIndex)
+        for spec in specs:
+            stmt = select(ref.target_type, ref.target_id).where(
+                tuple_(ref.res_type, ref.res_id).in_(ids), ref.target_id.is_not(None)
+            )
+            if spec.source != "*":
+                stmt = stmt.where(ref.res_type == spec.source)
+            if spec.param != "*":
+                stmt = stmt.where(ref.param == spec.param)
+            if spec.target:
+                stmt = stmt.where(ref.target_type == spec.target)
+            wanted += [(t, i) for t, i in session.execute(stmt.limit(MAX_INCLUDED + 1)) if t]
+        for spec in rev:
+            stmt = select(ref.res_type, ref.res_id).where(tuple_(ref.target_type, ref.target_id).in_(ids))
+            if spec.source != "*":
+                stmt = stmt.where(ref.res_type == spec.source)
+            if spec.param != "*":
+                stmt = stmt.where(ref.param == spec.param)
+            wanted += list(session.execute(stmt.limit(MAX_INCLUDED + 1)).tuples())
+        fresh = list(dict.fromkeys(p for p in wanted if p not in seen))
+        if len(found) + len(fresh) > MAX_INCLUDED:
+            fresh = fresh[: MAX_INCLUDED - len(found)]
+            batch = _fetch(session, fresh)
+            found += batch
+            return found, True
+        seen.update(fresh)
+        batch = _fetch(session, fresh)
+        found += batch
+        frontier = batch
+    return found, False
+
+
+def run(session: Session, req: SearchRequest, ctx: SearchContext) -> SearchPage:
+    outer, conditions, keys = _page_query(session, req, ctx)
+    total = _count(session, outer, conditions) if req.total != "none" else None
+    if req.summary_count or req.count == 0:
+        return SearchPage([], [], total, None, None, ctx.ignored)
+    backwards = bool(req.cursor and req.cursor["d"] == "p")
+    order_keys = [(e, not d) for e, d in keys] if backwards else keys
+    where = list(conditions)
+    if req.cursor:
+        if len(req.cursor["k"]) != len(keys):
+            raise BadRequest("_cursor does not belong to this search", expression="_cursor")
+        where.append(_after(order_keys, req.cursor["k"]))
+    stmt = (
+        select(outer.res_type, outer.res_id, *[e for e, _ in keys])
+        .where(*where)
+        .order_by(*_order(order_keys))
+        .limit(req.count + 1)
+    )
+    rows = list(session.execute(stmt))
+    more = len(rows) > req.count
+    rows = rows[: req.count]
+    if backwards:
+        rows.reverse()
+    matches = _fetch(session, [(r[0], r[1]) for r in rows])
+    has_next = more if not backwards else True
+    has_prev = (more if backwards else True) if req.cursor else False
+    next_cursor = encode_cursor("n", list(rows[-1][2:])) if rows and has_next else None
+    prev_cursor = encode_cursor("p", list(rows[0][2:])) if rows and has_prev else None
+    included, truncated = (
+        _included(session, matches, req) if (req.includes or req.revincludes) else ([], False)
+    )
+    return SearchPage(matches, included, total, next_cursor, prev_cursor, ctx.ignored, truncated)
+
+
+# -- Bundle --------------------------------------------------------------------------------------------------
+def link_url(base: str, path: str, args: list[tuple[str, str]], cursor: str | None) -> str:
+    kept = [(k, v) for k, v in args if k != "_cursor"]
+    if cursor:
+        kept.append(("_cursor", cursor))
+    query = urlencode(kept)
+    return f"{base}{path}" + (f"?{query}" if query else "")
+
+
+def searchset_bundle(
+    page: SearchPage, base: str, path: str, args: list[tuple[str, str]], render: Any = None
+) -> str:
+    """The searchset as JSON text; ``render`` may rewrite each stored body (e.g. for _summary)."""
+    links = [{"relation": "self", "url": link_url(base, path, args, None)}]
+    if page.next_cursor:
+        links.append({"relation": "next", "url": link_url(base, path, args, page.next_cursor)})
+    if page.previous_cursor:
+        links.append({"relation": "previous", "url": link_url(base, path, args, page.previous_cursor)})
+    head: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if page.total is not None:
+        head["total"] = page.total
+
+    def entry(s: Stored, mode: str) -> str:
+        body = render(s) if render else s.body
+        return (
+            f'{{"fullUrl":{dumps(f"{base}/{s.res_type}/{s.res_id}")},"resource":{body},'
+            f'"search":{{"mode":"{mode}"}}}}'
+        )
+
+    entries = [entry(s, "match") for s in page.matches] + [entry(s, "include") for s in page.included]
+    notes = []
+    if page.ignored:
+        notes.append(
+            Issue(
+                f"Ignored unknown or unsupported search parameters: {', '.join(page.ignored)}",
+                code="not-supported",
+                severity="warning",
+            )
+        )
+    if page.truncated_includes:
+        notes.append(
+            Issue(f"Included resources were limited to {MAX_INCLUDED}", code="too-costly", severity="warning")
+        )
+    if notes:
+        outcome = operation_outcome(notes, "informational")
+        entries.append(f'{{"resource":{dumps(outcome)},"search":{{"mode":"outcome"}}}}')
+    text = dumps({**head, "link": links})
+    return text[:-1] + f',"entry":[{",".join(entries)}]}}'
