@@ -48,6 +48,24 @@ def serve(host: str, port: int, workers: int | None) -> None:
     GunicornApp(gunicorn_options(f"{host}:{port}", workers or default_workers())).run()
 
 
+@main.group("search")
+def search_group() -> None:
+    """Search indexes."""
+
+
+@search_group.command("reindex")
+@click.option("--type", "res_type", default=None, help="Only this resource type.")
+@click.option("--batch", "batch_size", default=500, show_default=True, type=int)
+@with_appcontext
+def search_reindex(res_type: str | None, batch_size: int) -> None:
+    """Rebuild the search indexes of every current resource (online; batches lock only their rows)."""
+    from fhir_api import db as database
+    from resources.search.reindex import reindex
+
+    count = reindex(database.new_session, res_type, batch_size, progress=True)
+    click.echo(f"reindexed {count} resources")
+
+
 @main.command("seed")
 @click.option("--patients", default=10, show_default=True, type=int)
 @click.option("--seed", "seed_value", default=42, show_default=True, type=int, help="Random seed.")

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, select
+from sqlalchemy import and_, bindparam, exists, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
+from fhir_api.db import Batch, execute_batch
 from resources import jsonio
 from resources.dates import DateRange
 from resources.models import Resource, ResourceVersion
-from resources.search.indexer import write_index
+from resources.search.indexer import index_batch
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,24 @@ _READ_VERSION = select(*_COLUMNS).where(
 )
 
 
+_RESOURCE = Resource.__table__
+_INSERT_RESOURCE = insert(_RESOURCE)
+_UPDATE_RESOURCE = (
+    update(_RESOURCE)
+    .where(_RESOURCE.c.res_type == bindparam("w_type"), _RESOURCE.c.res_id == bindparam("w_id"))
+    .values(
+        version=bindparam("new_version"),
+        deleted=bindparam("new_deleted"),
+        last_updated=bindparam("new_last_updated"),
+    )
+)
+_INSERT_VERSION = insert(ResourceVersion.__table__)
+
+
+def _prefixed(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"new_{k}": v for k, v in values.items()}
+
+
 def stored_from_row(v: ResourceVersion) -> Stored:
     return Stored(v.res_type, v.res_id, v.version, v.last_updated, v.deleted, v.method, v.body, v.seq)
 
@@ -117,31 +136,50 @@ class ResourceRepository:
         """
         deleted = resource is None
         body = None if resource is None else jsonio.dumps(resource)
+        pointer = {"version": version, "deleted": deleted, "last_updated": last_updated}
+        batch: Batch = []
         if current is None:
-            self.session.add(
-                Resource(
-                    res_type=res_type,
-                    res_id=res_id,
-                    version=version,
-                    deleted=deleted,
-                    last_updated=last_updated,
-                )
-            )
+            batch.append((_INSERT_RESOURCE, [{"res_type": res_type, "res_id": res_id, **pointer}]))
         else:
-            current.version, current.deleted, current.last_updated = version, deleted, last_updated
-        row = ResourceVersion(
-            res_type=res_type,
-            res_id=res_id,
-            version=version,
-            method=method,
-            deleted=deleted,
-            last_updated=last_updated,
-            body=body,
+            batch.append((_UPDATE_RESOURCE, [{"w_type": res_type, "w_id": res_id, **_prefixed(pointer)}]))
+        version_row = {"res_type": res_type, "res_id": res_id, "method": method, "body": body, **pointer}
+        batch.append((_INSERT_VERSION, [version_row]))
+        batch += index_batch(res_type, res_id, resource, replace=current is not None)
+        execute_batch(self.session, batch)  # one round trip on PostgreSQL
+        if current is not None:
+            self.session.expire(current)  # the pointer row changed underneath the ORM object
+        return Stored(res_type, res_id, version, last_updated, deleted, method, body)
+
+    def current_batch(
+        self, after: tuple[str, str] | None, limit: int, res_type: str | None = None, *, lock: bool = False
+    ) -> list[Stored]:
+        """Current, non-deleted versions in (type, id) order after ``after``: for reindexing in batches."""
+        stmt = (
+            select(*_COLUMNS)
+            .join(
+                Resource,
+                and_(
+                    Resource.res_type == ResourceVersion.res_type,
+                    Resource.res_id == ResourceVersion.res_id,
+                    Resource.version == ResourceVersion.version,
+                ),
+            )
+            .where(Resource.deleted.is_(False))
         )
-        self.session.add(row)
-        self.session.flush()
-        write_index(self.session, res_type, res_id, resource, replace=current is not None)
-        return stored_from_row(row)
+        if res_type:
+            stmt = stmt.where(Resource.res_type == res_type)
+        if after:
+            stmt = stmt.where(tuple_(Resource.res_type, Resource.res_id) > after)
+        stmt = stmt.order_by(Resource.res_type, Resource.res_id).limit(limit)
+        if lock:
+            stmt = stmt.with_for_update(of=Resource)
+        return [Stored(*row) for row in self.session.execute(stmt)]
+
+    def count_current(self, res_type: str | None = None) -> int:
+        stmt = select(func.count()).select_from(Resource).where(Resource.deleted.is_(False))
+        if res_type:
+            stmt = stmt.where(Resource.res_type == res_type)
+        return int(self.session.execute(stmt).scalar_one())
 
     def history(self, q: HistoryQuery) -> tuple[Sequence[Stored], bool]:
         """One page of versions, newest first, and whether more exist beyond it in the paging direction."""

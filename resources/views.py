@@ -31,6 +31,7 @@ from resources.capability import capability_statement
 from resources.dates import parse_range
 from resources.registry import check_type
 from resources.repository import HistoryQuery, ResourceRepository, Stored
+from resources.search.compartments import member_params
 from resources.search.query import SearchContext
 from resources.search.results import parse_request, searchset_bundle
 from resources.summary import parse_elements, parse_summary, select_elements, summarize
@@ -274,13 +275,14 @@ def _renderer(res_type: str | None, args: list[tuple[str, str]]):
     return render
 
 
-def _search_response(res_type: str | None, path: str):
+def _search_response(res_type: str | None, path: str, compartment: tuple[str, str] | None = None):
     cfg = current_app.config
     args = _search_args()
     render = _renderer(res_type, args)
     req = parse_request(
         res_type, args, default_count=int(cfg["DEFAULT_PAGE_SIZE"]), max_count=int(cfg["MAX_PAGE_SIZE"])
     )
+    req.compartment = compartment
     ctx = SearchContext(
         session=db.session(), base_url=base_url(), strict=parse_prefer().get("handling") == "strict"
     )
@@ -301,6 +303,15 @@ def search_type_post(res_type: str):
     """Search one resource type with the parameters in a form body."""
     check_type(res_type)
     return _search_response(res_type, f"/{res_type}")
+
+
+@blp.route("/<rtype:comp_type>/<fid:comp_id>/<rtype:res_type>", methods=["GET"])
+def search_compartment(comp_type: str, comp_id: str, res_type: str):
+    """Search the resources of one type in a compartment, e.g. a patient's Observations."""
+    check_type(comp_type)
+    check_type(res_type)
+    member_params(comp_type, res_type)
+    return _search_response(res_type, f"/{comp_type}/{comp_id}/{res_type}", (comp_type, comp_id))
 
 
 @blp.route("/", methods=["GET"])

@@ -2,56 +2,117 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import bindparam, delete, insert
 from sqlalchemy.orm import Session
 
-from resources.search.definitions import params_for
-from resources.search.models import INDEX_TABLES
+from fhir_api.db import Batch, execute_batch
+from resources.search.definitions import SearchParam, params_for
+from resources.search.models import INDEX_TABLES, CompositeIndex
 from resources.search.paths import compile_expression
-from resources.search.values import EXTRACTORS
+from resources.search.values import COMPOSITE_EMPTY, EXTRACTORS, composite_columns
 
 log = logging.getLogger(__name__)
 NOT_INDEXED = frozenset({"_id", "_lastUpdated"})  # served from the resource table itself
 
-Extractor = tuple[
-    str, type, Callable[[dict[str, Any]], list[Any]], Callable[[Iterable[Any]], list[dict[str, Any]]]
-]
+Rows = list[dict[str, Any]]
+RowMaker = Callable[[dict[str, Any]], Rows]  # resource -> index rows (without res_type/res_id/param)
+
+
+def _simple(param: SearchParam) -> RowMaker:
+    accessor, extract = compile_expression(param.expression), EXTRACTORS[param.type]
+
+    def rows(resource: dict[str, Any]) -> Rows:
+        nodes = accessor(resource, resource)
+        return extract(nodes) if nodes else []
+
+    return rows
+
+
+def _composite(param: SearchParam) -> RowMaker | None:
+    """Each node the composite expression selects yields the product of its components' values."""
+    owner = params_for(param.base)
+    parts = []
+    for position, (code, expression) in enumerate(param.components):
+        component = owner.get(code)
+        if component is None or component.type not in EXTRACTORS or not expression:
+            return None
+        if composite_columns(position, component.type, _probe(component.type)) is None:
+            return None
+        parts.append((position, component.type, compile_expression(expression), EXTRACTORS[component.type]))
+    accessor = compile_expression(param.expression)
+
+    def rows(resource: dict[str, Any]) -> Rows:
+        out: Rows = []
+        for node in accessor(resource, resource):
+            columns: list[list[dict[str, Any]]] = []
+            for position, comp_type, comp_accessor, extract in parts:
+                values = [
+                    composite_columns(position, comp_type, r) for r in extract(comp_accessor(node, resource))
+                ]
+                values = [v for v in values if v]
+                if not values:
+                    break
+                columns.append(values)
+            else:
+                for combo in itertools.product(*columns):
+                    row = dict(COMPOSITE_EMPTY)
+                    for part in combo:
+                        row.update(part)
+                    out.append(row)
+        return out
+
+    return rows
+
+
+def _probe(param_type: str) -> dict[str, Any]:
+    """A row with every column of a type's table, to ask whether a component position maps it."""
+    keys = {
+        "token": ("system", "code"),
+        "reference": ("target_type", "target_id", "url"),
+        "quantity": ("value", "system", "code", "unit"),
+        "number": ("value",),
+        "date": ("low", "high"),
+        "string": ("value_norm",),
+        "uri": ("value",),
+    }[param_type]
+    return dict.fromkeys(keys)
 
 
 @cache
-def extractors(res_type: str) -> tuple[Extractor, ...]:
-    """(param code, index table, compiled accessor, value extractor) for each indexed parameter."""
+def extractors(res_type: str) -> tuple[tuple[str, type, RowMaker], ...]:
+    """(param code, index table, row maker) for each indexed parameter of a type."""
     found = []
     for code, param in sorted(params_for(res_type).items()):
-        if code in NOT_INDEXED or param.type not in EXTRACTORS or not param.expression:
+        if code in NOT_INDEXED or not param.expression:
             continue
-        found.append(
-            (code, INDEX_TABLES[param.type], compile_expression(param.expression), EXTRACTORS[param.type])
-        )
+        if param.type in EXTRACTORS:
+            found.append((code, INDEX_TABLES[param.type], _simple(param)))
+        elif param.type == "composite" and (maker := _composite(param)) is not None:
+            found.append((code, CompositeIndex, maker))
     return tuple(found)
 
 
 @cache
 def tables_for(res_type: str) -> tuple[type, ...]:
-    return tuple({table for _, table, _, _ in extractors(res_type)})
+    return tuple({table for _, table, _ in extractors(res_type)})
 
 
-def index_rows(res_type: str, res_id: str, resource: dict[str, Any]) -> dict[type, list[dict[str, Any]]]:
+def index_rows(res_type: str, res_id: str, resource: dict[str, Any]) -> dict[type, Rows]:
     """Index rows per table; values repeated within one parameter are stored once."""
-    out: dict[type, list[dict[str, Any]]] = {}
-    for code, table, accessor, extract in extractors(res_type):
+    out: dict[type, Rows] = {}
+    for code, table, make_rows in extractors(res_type):
         try:
-            nodes = accessor(resource)
-            if not nodes:
-                continue
-            rows = extract(nodes)
+            rows = make_rows(resource)
         except Exception:  # one odd element must not make the resource unwritable
             log.warning("index extraction failed for %s parameter %s", res_type, code, exc_info=True)
+            continue
+        if not rows:
             continue
         seen: set[tuple[Any, ...]] = set()
         bucket = out.setdefault(table, [])
@@ -64,15 +125,31 @@ def index_rows(res_type: str, res_id: str, resource: dict[str, Any]) -> dict[typ
     return out
 
 
+_DELETE = {
+    model: delete(model.__table__).where(
+        model.__table__.c.res_type == bindparam("res_type"), model.__table__.c.res_id == bindparam("res_id")
+    )
+    for model in set(INDEX_TABLES.values())
+}
+_INSERT = {model: insert(model.__table__) for model in set(INDEX_TABLES.values())}
+
+
+def index_batch(res_type: str, res_id: str, resource: dict[str, Any] | None, *, replace: bool) -> Batch:
+    """The statements that replace a resource's index rows (none remain for a deleted resource)."""
+    batch: Batch = []
+    if replace:
+        batch += [
+            (_DELETE[table], [{"res_type": res_type, "res_id": res_id}]) for table in tables_for(res_type)
+        ]
+    if resource is not None:
+        batch += [
+            (_INSERT[table], rows) for table, rows in index_rows(res_type, res_id, resource).items() if rows
+        ]
+    return batch
+
+
 def write_index(
     session: Session, res_type: str, res_id: str, resource: dict[str, Any] | None, *, replace: bool
 ) -> None:
-    """Replace a resource's index rows inside the caller's transaction (none for a deleted resource)."""
-    if replace:
-        for table in tables_for(res_type):
-            session.execute(delete(table).where(table.res_type == res_type, table.res_id == res_id))
-    if resource is None:
-        return
-    for table, rows in index_rows(res_type, res_id, resource).items():
-        if rows:
-            session.execute(insert(table), rows)
+    """Replace a resource's index rows inside the caller's transaction."""
+    execute_batch(session, index_batch(res_type, res_id, resource, replace=replace))

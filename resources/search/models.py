@@ -131,3 +131,30 @@ INDEX_TABLES = {
     "reference": ReferenceIndex,
     "uri": UriIndex,
 }
+
+
+class CompositeIndex(_IndexRow, Base):
+    """A composite parameter's value tuple, e.g. Observation code-value-quantity = (LOINC code, quantity).
+
+    R4 composites are a token (or a reference) first, then a token, quantity, number, date or string, and
+    for four parameters a third number: the ``c<n>_*`` columns mirror the single-type tables.
+    """
+
+    __tablename__ = "search_composite"
+    c1_system: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    c1_code: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    c2_system: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    c2_code: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    c2_unit: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    c2_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    c2_low: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    c2_high: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    c2_text: Mapped[str | None] = mapped_column(String(INDEXED_CHARS), nullable=True)
+    c3_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    __table_args__ = (
+        Index("ix_search_composite_c1", "res_type", "param", "c1_code", "c1_system"),
+        Index("ix_search_composite_res", "res_type", "res_id"),
+    )
+
+
+INDEX_TABLES["composite"] = CompositeIndex

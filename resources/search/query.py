@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, false, literal, not_, or_, select
@@ -51,6 +52,7 @@ MODIFIERS = {
     "quantity": {"missing"},
     "reference": {"missing"},  # plus a resource type, checked separately
     "uri": {"below", "above", "missing"},
+    "composite": {"missing"},
 }
 MAX_VALUESET_CODES = 1000
 
@@ -295,7 +297,7 @@ def _uri_clause(t: Any, modifier: str, value: str) -> ColumnElement[bool]:
 
 # -- parameters ---------------------------------------------------------------------------------------------
 def supported_param_types() -> frozenset[str]:
-    """Parameter types this engine evaluates (composite and special are not indexed yet)."""
+    """Parameter types this engine evaluates (everything but 'special', i.e. Location near)."""
     return frozenset(INDEX_TABLES)
 
 
@@ -373,7 +375,7 @@ def parameter_clause(
         return _chain_clause(ctx, res_type, outer, param, modifier, rest, value, name)
     if modifier == "missing":
         return _missing(res_type, outer, param, value, name)
-    if param.type not in INDEX_TABLES:  # composite and special: not indexed yet
+    if param.type not in INDEX_TABLES:  # special (e.g. Location near): not indexed
         raise UnknownParameter(f"Search parameter '{code}' ({param.type}) is not supported", expression=name)
     allowed = MODIFIERS[param.type]
     if (
@@ -415,8 +417,61 @@ def _value_clause(
             return _quantity_clause(t, value, name)
         case "reference":
             return _reference_clause(ctx, t, param, modifier, value, name)
+        case "composite":
+            return _composite_clause(ctx, t, param, value, name)
         case _:
             return _uri_clause(t, modifier, value)
+
+
+def _composite_view(t: Any, position: int, param_type: str) -> SimpleNamespace:
+    """The composite table's columns for one component, named as that component type's own table."""
+    if position == 0:
+        if param_type == "reference":
+            return SimpleNamespace(target_type=t.c1_system, target_id=t.c1_code, url=t.c1_code)
+        return SimpleNamespace(
+            system=t.c1_system,
+            code=t.c1_code,
+            text_norm=t.c1_code,
+            type_system=t.c1_system,
+            type_code=t.c1_code,
+        )
+    if position == 2:
+        return SimpleNamespace(value=t.c3_value)
+    return SimpleNamespace(
+        system=t.c2_system,
+        code=t.c2_code,
+        unit=t.c2_unit,
+        value=t.c2_value,
+        low=t.c2_low,
+        high=t.c2_high,
+        value_norm=t.c2_text,
+        value_exact=t.c2_text,
+        text_norm=t.c2_code,
+        type_system=t.c2_system,
+        type_code=t.c2_code,
+    )
+
+
+def _composite_clause(
+    ctx: SearchContext, t: Any, param: SearchParam, value: str, name: str
+) -> ColumnElement[bool]:
+    """``code-value-quantity=http://loinc.org|8480-6$gt100``: every component matches in the same tuple."""
+    parts = split_unescaped(value, "$")
+    if len(parts) != len(param.components):
+        raise BadRequest(
+            f"Parameter {name}: a value needs {len(param.components)} components separated by $",
+            expression=name,
+        )
+    owner = params_for(param.base)
+    clauses = []
+    for position, ((code, _expression), text) in enumerate(zip(param.components, parts, strict=True)):
+        component = owner.get(code)
+        if component is None:
+            raise UnknownParameter(f"Parameter {name}: component '{code}' is not defined", expression=name)
+        clauses.append(
+            _value_clause(ctx, _composite_view(t, position, component.type), component, "", text, name)
+        )
+    return and_(*clauses)
 
 
 def _subquery_ids(ctx: SearchContext, res_type: str, name: str, value: str):

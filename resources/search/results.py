@@ -19,6 +19,7 @@ from fhir_api.http import dumps
 from resources.models import Resource, ResourceVersion
 from resources.registry import supported_types
 from resources.repository import Stored, stored_from_row
+from resources.search.compartments import compartment_clause
 from resources.search.definitions import params_for
 from resources.search.models import INDEX_TABLES, ReferenceIndex
 from resources.search.query import SearchContext, build_filters
@@ -61,6 +62,7 @@ class SearchRequest:
     revincludes: list[IncludeSpec] = field(default_factory=list)
     total: str = "none"
     summary_count: bool = False
+    compartment: tuple[str, str] | None = None  # (compartment type, owner id)
 
 
 @dataclass
@@ -217,6 +219,8 @@ def _page_query(session: Session, req: SearchRequest, ctx: SearchContext):
     conditions: list[ColumnElement[bool]] = [outer.deleted.is_(False)]
     if req.res_type:
         conditions.append(outer.res_type == req.res_type)
+        if req.compartment:
+            conditions.append(compartment_clause(*req.compartment, req.res_type, outer))
         conditions += build_filters(ctx, req.res_type, outer, req.filters)
     else:
         types = req.types or supported_types()

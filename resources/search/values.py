@@ -244,3 +244,46 @@ EXTRACTORS: dict[str, Callable[[Iterable[Any]], list[Row]]] = {
     "reference": reference_rows,
     "uri": uri_rows,
 }
+
+
+# -- composite ----------------------------------------------------------------------------------------------
+def composite_columns(position: int, param_type: str, row: Row) -> Row | None:
+    """Map one component's index row onto the composite table's ``c<position+1>_*`` columns."""
+    if position == 0:
+        if param_type == "token":
+            return {"c1_system": row["system"], "c1_code": row["code"]}
+        if param_type == "reference":
+            return {"c1_system": row["target_type"], "c1_code": row["target_id"] or row["url"]}
+    elif position == 1:
+        if param_type == "token":
+            return {"c2_system": row["system"], "c2_code": row["code"]}
+        if param_type == "quantity":
+            return {
+                "c2_value": row["value"],
+                "c2_system": row["system"],
+                "c2_code": row["code"],
+                "c2_unit": row["unit"],
+            }
+        if param_type == "number":
+            return {"c2_value": row["value"]}
+        if param_type == "date":
+            return {"c2_low": row["low"], "c2_high": row["high"]}
+        if param_type == "string":
+            return {"c2_text": row["value_norm"]}
+    elif position == 2 and param_type == "number":
+        return {"c3_value": row["value"]}
+    return None
+
+
+COMPOSITE_EMPTY: Row = {
+    "c1_system": None,
+    "c1_code": None,
+    "c2_system": None,
+    "c2_code": None,
+    "c2_unit": None,
+    "c2_value": None,
+    "c2_low": None,
+    "c2_high": None,
+    "c2_text": None,
+    "c3_value": None,
+}
