@@ -23,6 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "PUBLIC_URL": None,  # e.g. https://fhir.example.org ; None = derived from the request
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
     "UPDATE_CREATE": True,  # PUT to an unknown id creates it with the client's id (as HAPI does)
+    "CONDITIONAL_DELETE_MULTIPLE": False,  # DELETE Type?criteria may delete several matches
+    "CONDITIONAL_DELETE_LIMIT": 100,
     "DEFAULT_PAGE_SIZE": 50,
     "MAX_PAGE_SIZE": 1000,
     # gzip (Flask-Compress)

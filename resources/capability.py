@@ -18,12 +18,10 @@ SYSTEM_ORDER = ["transaction", "batch", "search-system", "history-system"]
 
 
 def implemented_interactions() -> dict[str, set[str]]:
-    """Interaction codes by level, read from the ``fhir_interaction`` mark that views carry."""
+    """Interaction codes by level, read from the ``fhir_interactions`` marks that views carry."""
     found: dict[str, set[str]] = {"instance": set(), "type": set(), "system": set()}
     for view in current_app.view_functions.values():
-        mark = getattr(view, "fhir_interaction", None)
-        if mark:
-            code, level = mark
+        for code, level in getattr(view, "fhir_interactions", ()):
             found[level].add(code)
     return found
 
@@ -49,10 +47,14 @@ def capability_statement() -> dict[str, Any]:
             "versioning": "versioned-update",
             "readHistory": "vread" in found["instance"],
             "updateCreate": bool(cfg.get("UPDATE_CREATE")),
-            "conditionalCreate": False,
+            "conditionalCreate": "conditional-create" in found["type"],
             "conditionalRead": "not-supported",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
+            "conditionalUpdate": "conditional-update" in found["type"],
+            "conditionalDelete": (
+                ("multiple" if cfg.get("CONDITIONAL_DELETE_MULTIPLE") else "single")
+                if "conditional-delete" in found["type"]
+                else "not-supported"
+            ),
             **({"searchParam": search_params(res_type)} if "search-type" in found["type"] else {}),
         }
         for res_type in supported_types()

@@ -20,7 +20,7 @@ from resources.patching import json_patch, merge_patch
 from resources.registry import check_type
 from resources.repository import HistoryQuery, ResourceRepository, Stored
 from resources.search.query import SearchContext
-from resources.search.results import SearchPage, SearchRequest
+from resources.search.results import SearchPage, SearchRequest, lock_criteria, match_ids
 from resources.search.results import run as run_search
 from resources.validation import validate
 
@@ -140,20 +140,32 @@ def update(
     _prevalidate(resource, res_type, res_id)
     try:
         with db.write_transaction(repo.session):
-            current = repo.current(res_type, res_id, lock=True)
-            if current is None:
-                if if_match is not None:
-                    raise PreconditionFailed(f"If-Match given but {res_type}/{res_id} does not exist")
-                if not update_create:
-                    raise NotFound(f"{res_type}/{res_id} does not exist and update-as-create is disabled")
-                return _store(repo, None, res_type, res_id, 1, "PUT", resource), True
-            if if_match is not None and if_match != current.version:
-                raise PreconditionFailed(
-                    f"If-Match names version {if_match} but the current version is {current.version}"
-                )
-            return _store(repo, current, res_type, res_id, current.version + 1, "PUT", resource), False
+            return _update_locked(repo, res_type, res_id, resource, if_match, update_create)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
+
+
+def _update_locked(
+    repo: ResourceRepository,
+    res_type: str,
+    res_id: str,
+    resource: dict[str, Any],
+    if_match: int | None,
+    update_create: bool,
+) -> tuple[Stored, bool]:
+    """The update itself, inside the caller's write transaction."""
+    current = repo.current(res_type, res_id, lock=True)
+    if current is None:
+        if if_match is not None:
+            raise PreconditionFailed(f"If-Match given but {res_type}/{res_id} does not exist")
+        if not update_create:
+            raise NotFound(f"{res_type}/{res_id} does not exist and update-as-create is disabled")
+        return _store(repo, None, res_type, res_id, 1, "PUT", resource), True
+    if if_match is not None and if_match != current.version:
+        raise PreconditionFailed(
+            f"If-Match names version {if_match} but the current version is {current.version}"
+        )
+    return _store(repo, current, res_type, res_id, current.version + 1, "PUT", resource), False
 
 
 def patch(
@@ -200,16 +212,20 @@ def delete(repo: ResourceRepository, res_type: str, res_id: str) -> Stored:
     check_type(res_type)
     try:
         with db.write_transaction(repo.session):
-            current = repo.current(res_type, res_id, lock=True)
-            if current is None:
-                raise NotFound(f"{res_type}/{res_id} is not known")
-            if current.deleted:
-                found = repo.vread(res_type, res_id, current.version)
-                assert found is not None
-                return found
-            return _store(repo, current, res_type, res_id, current.version + 1, "DELETE", None)
+            return _delete_locked(repo, res_type, res_id)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
+
+
+def _delete_locked(repo: ResourceRepository, res_type: str, res_id: str) -> Stored:
+    current = repo.current(res_type, res_id, lock=True)
+    if current is None:
+        raise NotFound(f"{res_type}/{res_id} is not known")
+    if current.deleted:
+        found = repo.vread(res_type, res_id, current.version)
+        assert found is not None
+        return found
+    return _store(repo, current, res_type, res_id, current.version + 1, "DELETE", None)
 
 
 def history(repo: ResourceRepository, query: HistoryQuery) -> tuple[list[Stored], bool]:
@@ -224,3 +240,85 @@ def search(session: Session, req: SearchRequest, ctx: SearchContext) -> SearchPa
     if req.res_type:
         check_type(req.res_type)
     return run_search(session, req, ctx)
+
+
+# -- conditional interactions (http://hl7.org/fhir/R4/http.html#ccreate) -----------------------------------
+def _matches(
+    repo: ResourceRepository, res_type: str, criteria: list[tuple[str, str]], limit: int
+) -> list[str]:
+    """Ids matching the criteria, inside the caller's transaction, after taking the criteria's lock."""
+    if not [name for name, _ in criteria if name not in ("_format", "_pretty")]:
+        raise BadRequest("A conditional interaction needs search criteria")
+    lock_criteria(repo.session, res_type, criteria)
+    return match_ids(repo.session, res_type, criteria, limit)
+
+
+def conditional_create(
+    repo: ResourceRepository, res_type: str, resource: dict[str, Any], criteria: list[tuple[str, str]]
+) -> tuple[Stored, bool]:
+    """0 matches: create (True); 1 match: that resource, untouched (False); several: 412."""
+    _check_body_type(resource, res_type)
+    res_id = new_id()
+    _prevalidate(resource, res_type, res_id)
+    with db.write_transaction(repo.session):
+        found = _matches(repo, res_type, criteria, 2)
+        if len(found) > 1:
+            raise PreconditionFailed("The If-None-Exist criteria match more than one resource")
+        if found:
+            existing = repo.read(res_type, found[0])
+            assert existing is not None
+            return existing, False
+        return _store(repo, None, res_type, res_id, 1, "POST", resource), True
+
+
+def conditional_update(
+    repo: ResourceRepository,
+    res_type: str,
+    resource: dict[str, Any],
+    criteria: list[tuple[str, str]],
+    *,
+    if_match: int | None,
+    update_create: bool,
+) -> tuple[Stored, bool]:
+    """1 match: update it; 0: create (with the body's id if given); several: 412."""
+    _check_body_type(resource, res_type)
+    body_id = resource.get("id")
+    _prevalidate(resource, res_type, body_id or "placeholder")
+    try:
+        with db.write_transaction(repo.session):
+            found = _matches(repo, res_type, criteria, 2)
+            if len(found) > 1:
+                raise PreconditionFailed("The conditional update criteria match more than one resource")
+            if found:
+                if body_id is not None and body_id != found[0]:
+                    raise BadRequest(
+                        "The id in the body differs from the resource the criteria match",
+                        expression=f"{res_type}.id",
+                    )
+                return _update_locked(repo, res_type, found[0], {**resource, "id": found[0]}, if_match, True)
+            if if_match is not None:
+                raise PreconditionFailed("If-Match given but no resource matches the criteria")
+            if body_id is not None:
+                return _update_locked(repo, res_type, body_id, resource, None, update_create)
+            return _store(repo, None, res_type, new_id(), 1, "PUT", resource), True
+    except IntegrityError as exc:
+        raise _integrity_conflict(exc) from None
+
+
+def conditional_delete(
+    repo: ResourceRepository, res_type: str, criteria: list[tuple[str, str]], *, multiple: bool, limit: int
+) -> list[Stored]:
+    """Delete what the criteria match: one, or (when enabled) up to ``limit``; several otherwise 412."""
+    check_type(res_type)
+    try:
+        with db.write_transaction(repo.session):
+            found = _matches(repo, res_type, criteria, limit + 1 if multiple else 2)
+            if not found:
+                raise NotFound(f"No {res_type} matches the conditional delete criteria")
+            if len(found) > 1 and not multiple:
+                raise PreconditionFailed("The conditional delete criteria match more than one resource")
+            if len(found) > limit:
+                raise PreconditionFailed(f"The criteria match more than {limit} resources; narrow them")
+            return [_delete_locked(repo, res_type, res_id) for res_id in found]
+    except IntegrityError as exc:
+        raise _integrity_conflict(exc) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from flask import current_app, request
 from flask_smorest import Blueprint
@@ -54,10 +55,11 @@ class FhirIdConverter(BaseConverter):
 
 
 def interaction(code: str, level: str) -> Callable[[F], F]:
-    """Mark a view with the FHIR interaction it implements; the CapabilityStatement reads these marks."""
+    """Mark a view with a FHIR interaction it implements; the CapabilityStatement reads these marks."""
 
     def mark(view: F) -> F:
-        view.fhir_interaction = (code, level)  # type: ignore[attr-defined]
+        marks = getattr(view, "fhir_interactions", ())
+        view.fhir_interactions = (*marks, (code, level))  # type: ignore[attr-defined]
         return view
 
     return mark
@@ -106,12 +108,66 @@ def capabilities():
     return fhir_response(capability_statement(), headers={"Cache-Control": "public, max-age=300"})
 
 
+def _criteria() -> list[tuple[str, str]]:
+    """Conditional-interaction criteria: the URL's query (as fhirpy sends) or ``If-None-Exist``."""
+    criteria = [(k, v) for k, v in request.args.items(multi=True) if k not in ("_format", "_pretty")]
+    header = request.headers.get("If-None-Exist")
+    if header:
+        criteria += parse_qsl(header.lstrip("?"), keep_blank_values=True)
+    return criteria
+
+
 @blp.route("/<rtype:res_type>", methods=["POST"])
 @interaction("create", "type")
+@interaction("conditional-create", "type")
 def create(res_type: str):
-    """Create a resource with a server-assigned id."""
-    stored = interactions.create(_repo(), res_type, _resource_body())
+    """Create a resource with a server-assigned id; with criteria, only if none matches."""
+    body = _resource_body()
+    criteria = _criteria()
+    if criteria:
+        stored, created = interactions.conditional_create(_repo(), res_type, body, criteria)
+        if not created:
+            return _write_response(stored, 200, f"{res_type}/{stored.res_id} already matches the criteria")
+    else:
+        stored = interactions.create(_repo(), res_type, body)
     return _write_response(stored, 201, f"Created {res_type}/{stored.res_id}")
+
+
+@blp.route("/<rtype:res_type>", methods=["PUT"])
+@interaction("conditional-update", "type")
+def conditional_update(res_type: str):
+    """Update the one resource the query matches (or create one when none does)."""
+    stored, created = interactions.conditional_update(
+        _repo(),
+        res_type,
+        _resource_body(),
+        _criteria(),
+        if_match=parse_etag(request.headers.get("If-Match")),
+        update_create=bool(current_app.config.get("UPDATE_CREATE", True)),
+    )
+    if created:
+        return _write_response(stored, 201, f"Created {res_type}/{stored.res_id}")
+    return _write_response(stored, 200, f"Updated {res_type}/{stored.res_id} to version {stored.version}")
+
+
+@blp.route("/<rtype:res_type>", methods=["DELETE"])
+@interaction("conditional-delete", "type")
+def conditional_delete(res_type: str):
+    """Delete what the query matches: one resource, or several when FHIR_CONDITIONAL_DELETE_MULTIPLE is on."""
+    cfg = current_app.config
+    deleted = interactions.conditional_delete(
+        _repo(),
+        res_type,
+        _criteria(),
+        multiple=bool(cfg.get("CONDITIONAL_DELETE_MULTIPLE")),
+        limit=int(cfg.get("CONDITIONAL_DELETE_LIMIT", 100)),
+    )
+    names = ", ".join(f"{s.res_type}/{s.res_id}" for s in deleted)
+    body = operation_outcome(
+        [Issue(f"Deleted {names}", code="informational", severity="information")], "informational"
+    )
+    headers = {"ETag": etag(deleted[0].version)} if len(deleted) == 1 else {}
+    return fhir_response(body, status=200, headers=headers)
 
 
 @blp.route("/<rtype:res_type>/<fid:res_id>", methods=["GET"])

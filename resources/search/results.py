@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,7 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import simplejson
-from sqlalchemy import ColumnElement, and_, false, func, or_, select, true, tuple_
+from sqlalchemy import ColumnElement, and_, false, func, or_, select, text, true, tuple_
 from sqlalchemy.orm import Session, aliased
 
 from fhir_api.errors import BadRequest, Issue, operation_outcome
@@ -409,3 +410,31 @@ def searchset_bundle(
         entries.append(f'{{"resource":{dumps(outcome)},"search":{{"mode":"outcome"}}}}')
     text = dumps({**head, "link": links})
     return text[:-1] + f',"entry":[{",".join(entries)}]}}'
+
+
+# -- conditional interactions -------------------------------------------------------------------------------
+def match_ids(session: Session, res_type: str, criteria: list[tuple[str, str]], limit: int) -> list[str]:
+    """Ids of current resources matching criteria (strict: unknown parameters are errors, never ignored)."""
+    req = parse_request(res_type, criteria, default_count=limit, max_count=limit)
+    req.count, req.sort, req.cursor, req.total = limit, [], None, "none"
+    outer, conditions, _keys = _page_query(session, req, SearchContext(session=session, strict=True))
+    stmt = select(outer.res_id).where(*conditions).order_by(outer.res_id).limit(limit)
+    return list(session.execute(stmt).scalars())
+
+
+def lock_criteria(session: Session, res_type: str, criteria: list[tuple[str, str]]) -> None:
+    """Serialise conditional writes with the same criteria, so two racing creates leave one resource.
+
+    PostgreSQL: a transaction-scoped advisory lock on a hash of the normalised criteria (the search that
+    follows then sees what the other transaction committed). SQLite: writers already hold the database
+    lock from BEGIN IMMEDIATE.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    normal = "&".join(
+        f"{k}={v}" for k, v in sorted(c for c in criteria if c[0] not in ("_format", "_pretty"))
+    )
+    digest = hashlib.sha256(f"{res_type}?{normal}".encode()).digest()
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(:key)"), {"key": int.from_bytes(digest[:8], "big", signed=True)}
+    )

@@ -32,18 +32,20 @@ def test_metadata_validates_and_lists_what_is_implemented(client, app):
     params = {p["name"]: p["type"] for p in patient["searchParam"]}
     assert params["name"] == "string" and params["birthdate"] == "date" and params["_id"] == "token"
     assert params["general-practitioner"] == "reference"
+    assert patient["conditionalCreate"] is True and patient["conditionalUpdate"] is True
+    assert patient["conditionalDelete"] == "single"
 
 
 def test_metadata_follows_the_url_map(app, client):
     """Remove a route's mark and the statement stops claiming it: nothing is hand-maintained."""
     view = app.view_functions["fhir.patch"]
-    mark = view.fhir_interaction
+    mark = view.fhir_interactions
     try:
-        del view.fhir_interaction
+        del view.fhir_interactions
         codes = {
             i["code"]
             for i in client.get("/fhir/R4/metadata").get_json()["rest"][0]["resource"][0]["interaction"]
         }
         assert "patch" not in codes
     finally:
-        view.fhir_interaction = mark
+        view.fhir_interactions = mark
