@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "UPDATE_CREATE": True,  # PUT to an unknown id creates it with the client's id (as HAPI does)
     "CONDITIONAL_DELETE_MULTIPLE": False,  # DELETE Type?criteria may delete several matches
     "CONDITIONAL_DELETE_LIMIT": 100,
+    # Benchmarks only: false writes resources without search-index rows (searches then miss them).
+    "SEARCH_INDEXING": True,
     "DEFAULT_PAGE_SIZE": 50,
     "MAX_PAGE_SIZE": 1000,
     # gzip (Flask-Compress)

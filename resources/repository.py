@@ -96,8 +96,10 @@ def stored_from_row(v: ResourceVersion) -> Stored:
 
 
 class ResourceRepository:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, index: bool = True) -> None:
+        """``index=False`` skips search-index rows: only for benchmarks that price indexing."""
         self.session = session
+        self.index = index
 
     def current(self, res_type: str, res_id: str, *, lock: bool = False) -> Resource | None:
         stmt = select(Resource).where(Resource.res_type == res_type, Resource.res_id == res_id)
@@ -144,7 +146,8 @@ class ResourceRepository:
             batch.append((_UPDATE_RESOURCE, [{"w_type": res_type, "w_id": res_id, **_prefixed(pointer)}]))
         version_row = {"res_type": res_type, "res_id": res_id, "method": method, "body": body, **pointer}
         batch.append((_INSERT_VERSION, [version_row]))
-        batch += index_batch(res_type, res_id, resource, replace=current is not None)
+        if self.index:
+            batch += index_batch(res_type, res_id, resource, replace=current is not None)
         execute_batch(self.session, batch)  # one round trip on PostgreSQL
         if current is not None:
             self.session.expire(current)  # the pointer row changed underneath the ORM object

@@ -71,7 +71,7 @@ def _negotiate() -> None:
 
 
 def _repo() -> ResourceRepository:
-    return ResourceRepository(db.session())
+    return ResourceRepository(db.session(), index=bool(current_app.config["SEARCH_INDEXING"]))
 
 
 def _version_headers(s: Stored) -> dict[str, str]:
