@@ -175,10 +175,7 @@ def conditional_delete(res_type: str):
 def read(res_type: str, res_id: str):
     """Read the current version."""
     stored = interactions.read(_repo(), res_type, res_id)
-    headers = _version_headers(stored)
-    if not_modified(stored.version, stored.last_updated):
-        return fhir_response(None, status=304, headers=headers)
-    return fhir_response(stored.body, headers=headers)
+    return _resource_response(stored)
 
 
 @blp.route("/<rtype:res_type>/<fid:res_id>/_history/<fid:version_id>", methods=["GET"])
@@ -188,10 +185,16 @@ def vread(res_type: str, res_id: str, version_id: str):
     if not version_id.isdigit():
         raise NotFound(f"{res_type}/{res_id} has no version '{version_id}'")
     stored = interactions.vread(_repo(), res_type, res_id, int(version_id))
+    return _resource_response(stored)
+
+
+def _resource_response(stored: Stored):
+    """A stored version with its validators; 304 when the client has it; _summary/_elements applied."""
     headers = _version_headers(stored)
     if not_modified(stored.version, stored.last_updated):
         return fhir_response(None, status=304, headers=headers)
-    return fhir_response(stored.body, headers=headers)
+    render = _renderer(stored.res_type, list(request.args.items(multi=True))) if request.args else None
+    return fhir_response(render(stored) if render else stored.body, headers=headers)
 
 
 @blp.route("/<rtype:res_type>/<fid:res_id>", methods=["PUT"])

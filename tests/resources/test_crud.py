@@ -199,3 +199,13 @@ def test_every_r4b_type_is_served_generically(client):
     assert client.get(f"/fhir/R4/Basic/{created_id(resp)}").status_code == 200
     resp = create(client, {"resourceType": "Organization", "name": "Org"})
     assert client.get(f"/fhir/R4/Organization/{created_id(resp)}").status_code == 200
+
+
+def test_read_with_summary_and_elements(client):
+    rid = created_id(create(client, patient(gender="male", photo=[{"contentType": "image/png"}])))
+    body = client.get(f"/fhir/R4/Patient/{rid}?_summary=true").get_json()
+    assert "photo" not in body and body["gender"] == "male"
+    assert any(t["code"] == "SUBSETTED" for t in body["meta"]["tag"])
+    body = client.get(f"/fhir/R4/Patient/{rid}/_history/1?_elements=gender").get_json()
+    assert "name" not in body and body["gender"] == "male"
+    assert client.get(f"/fhir/R4/Patient/{rid}?_summary=bogus").status_code == 400
