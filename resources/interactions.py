@@ -87,6 +87,13 @@ def _store(
     )
 
 
+def _check_if_match(if_match: int | None, current_version: int) -> None:
+    if if_match is not None and if_match != current_version:
+        raise PreconditionFailed(
+            f"If-Match names version {if_match} but the current version is {current_version}"
+        )
+
+
 def _integrity_conflict(exc: IntegrityError) -> Conflict:
     return Conflict("The resource was changed concurrently; retry the request")
 
@@ -161,10 +168,7 @@ def _update_locked(
         if not update_create:
             raise NotFound(f"{res_type}/{res_id} does not exist and update-as-create is disabled")
         return _store(repo, None, res_type, res_id, 1, "PUT", resource), True
-    if if_match is not None and if_match != current.version:
-        raise PreconditionFailed(
-            f"If-Match names version {if_match} but the current version is {current.version}"
-        )
+    _check_if_match(if_match, current.version)
     return _store(repo, current, res_type, res_id, current.version + 1, "PUT", resource), False
 
 
@@ -185,10 +189,7 @@ def patch(
                 raise NotFound(f"{res_type}/{res_id} is not known")
             if current.deleted:
                 raise Gone(f"{res_type}/{res_id} was deleted")
-            if if_match is not None and if_match != current.version:
-                raise PreconditionFailed(
-                    f"If-Match names version {if_match} but the current version is {current.version}"
-                )
+            _check_if_match(if_match, current.version)
             stored = repo.vread(res_type, res_id, current.version)
             assert stored is not None and stored.body is not None
             original = jsonio.loads_trusted(stored.body)

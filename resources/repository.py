@@ -54,18 +54,16 @@ _COLUMNS = (
     ResourceVersion.body,
     ResourceVersion.seq,
 )
-_READ_CURRENT = (
-    select(*_COLUMNS)
-    .join(
-        Resource,
-        and_(
-            Resource.res_type == ResourceVersion.res_type,
-            Resource.res_id == ResourceVersion.res_id,
-            Resource.version == ResourceVersion.version,
-        ),
-    )
-    .where(Resource.res_type == bindparam("t"), Resource.res_id == bindparam("i"))
+_CURRENT = select(*_COLUMNS).join(
+    Resource,
+    and_(
+        Resource.res_type == ResourceVersion.res_type,
+        Resource.res_id == ResourceVersion.res_id,
+        Resource.version == ResourceVersion.version,
+    ),
 )
+"""Every resource's current version (the version its pointer row names)."""
+_READ_CURRENT = _CURRENT.where(Resource.res_type == bindparam("t"), Resource.res_id == bindparam("i"))
 _READ_VERSION = select(*_COLUMNS).where(
     ResourceVersion.res_type == bindparam("t"),
     ResourceVersion.res_id == bindparam("i"),

@@ -557,7 +557,7 @@ def build_filters(
     """AND of every filtering parameter; unknown ones raise (strict) or are recorded in ``ctx.ignored``."""
     clauses = []
     for name, value in params:
-        if name in RESULT_PARAMETERS:
+        if name.partition(":")[0] in RESULT_PARAMETERS:  # also _include:iterate and the like
             continue
         try:
             clause = parameter_clause(ctx, res_type, outer, name, value)

@@ -23,7 +23,7 @@ from resources.repository import Stored, stored_from_row
 from resources.search.compartments import compartment_clause
 from resources.search.definitions import params_for
 from resources.search.models import INDEX_TABLES, ReferenceIndex
-from resources.search.query import SearchContext, build_filters
+from resources.search.query import RESULT_PARAMETERS, SearchContext, build_filters
 
 SORT_COLUMNS = {
     "string": "value_norm",
@@ -231,7 +231,10 @@ def _page_query(session: Session, req: SearchRequest, ctx: SearchContext):
             per_type.append(
                 and_(outer.res_type == res_type, *clauses) if clauses else outer.res_type == res_type
             )
-        if not any(name.partition(":")[0] not in _RESULTS for name, _ in req.filters) and not req.types:
+        if (
+            not any(name.partition(":")[0] not in RESULT_PARAMETERS for name, _ in req.filters)
+            and not req.types
+        ):
             per_type = [true()]
         conditions.append(or_(*per_type))
         ctx.ignored = sorted(set(ctx.ignored))
@@ -247,23 +250,6 @@ def _page_query(session: Session, req: SearchRequest, ctx: SearchContext):
     id_desc = next((k.descending for k in req.sort if k.code == "_id"), False)
     keys += [(outer.res_type, False), (outer.res_id, id_desc)]
     return outer, conditions, keys
-
-
-_RESULTS = {
-    "_count",
-    "_sort",
-    "_include",
-    "_revinclude",
-    "_summary",
-    "_elements",
-    "_total",
-    "_contained",
-    "_containedType",
-    "_format",
-    "_pretty",
-    "_cursor",
-    "_type",
-}
 
 
 def _fetch(session: Session, pairs: Sequence[tuple[str, str]]) -> list[Stored]:
