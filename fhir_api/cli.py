@@ -62,7 +62,9 @@ def search_reindex(res_type: str | None, batch_size: int) -> None:
     from fhir_api import db as database
     from resources.search.reindex import reindex
 
-    count = reindex(database.new_session, res_type, batch_size, progress=True)
+    public = current_app.config.get("PUBLIC_URL")
+    local_base = f"{public.rstrip('/')}/fhir/R4" if public else None
+    count = reindex(database.new_session, res_type, batch_size, progress=True, local_base=local_base)
     click.echo(f"reindexed {count} resources")
 
 

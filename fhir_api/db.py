@@ -52,6 +52,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA case_sensitive_like=ON")  # LIKE as on PostgreSQL (values are pre-normalised)
         cur.close()
 
     @event.listens_for(engine, "begin")

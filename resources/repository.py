@@ -94,10 +94,12 @@ def stored_from_row(v: ResourceVersion) -> Stored:
 
 
 class ResourceRepository:
-    def __init__(self, session: Session, *, index: bool = True) -> None:
-        """``index=False`` skips search-index rows: only for benchmarks that price indexing."""
+    def __init__(self, session: Session, *, index: bool = True, local_base: str | None = None) -> None:
+        """``local_base`` is this server's FHIR base: absolute references under it are local ones.
+        ``index=False`` skips search-index rows: only for benchmarks that price indexing."""
         self.session = session
         self.index = index
+        self.local_base = local_base
 
     def current(self, res_type: str, res_id: str, *, lock: bool = False) -> Resource | None:
         stmt = select(Resource).where(Resource.res_type == res_type, Resource.res_id == res_id)
@@ -145,7 +147,9 @@ class ResourceRepository:
         version_row = {"res_type": res_type, "res_id": res_id, "method": method, "body": body, **pointer}
         batch.append((_INSERT_VERSION, [version_row]))
         if self.index:
-            batch += index_batch(res_type, res_id, resource, replace=current is not None)
+            batch += index_batch(
+                res_type, res_id, resource, replace=current is not None, local_base=self.local_base
+            )
         execute_batch(self.session, batch)  # one round trip on PostgreSQL
         if current is not None:
             self.session.expire(current)  # the pointer row changed underneath the ORM object

@@ -71,7 +71,9 @@ def _negotiate() -> None:
 
 
 def _repo() -> ResourceRepository:
-    return ResourceRepository(db.session(), index=bool(current_app.config["SEARCH_INDEXING"]))
+    return ResourceRepository(
+        db.session(), index=bool(current_app.config["SEARCH_INDEXING"]), local_base=base_url()
+    )
 
 
 def _version_headers(s: Stored) -> dict[str, str]:

@@ -13,23 +13,51 @@ from sqlalchemy.orm import Session
 
 from fhir_api.db import Batch, execute_batch
 from resources.search.definitions import SearchParam, params_for
-from resources.search.models import INDEX_TABLES, CompositeIndex
+from resources.search.models import INDEX_TABLES, CompositeIndex, TokenIndex
 from resources.search.paths import compile_expression
-from resources.search.values import COMPOSITE_EMPTY, EXTRACTORS, composite_columns
+from resources.search.values import (
+    COMPOSITE_EMPTY,
+    EXTRACTORS,
+    composite_columns,
+    reference_identifier_rows,
+    reference_rows,
+)
 
 log = logging.getLogger(__name__)
 NOT_INDEXED = frozenset({"_id", "_lastUpdated"})  # served from the resource table itself
 
 Rows = list[dict[str, Any]]
-RowMaker = Callable[[dict[str, Any]], Rows]  # resource -> index rows (without res_type/res_id/param)
+# (resource, the server's own base URL or None) -> index rows without res_type/res_id/param
+RowMaker = Callable[[dict[str, Any], str | None], Rows]
+IDENTIFIER_SUFFIX = ":identifier"  # Reference.identifier tokens are stored as param "<code>:identifier"
 
 
 def _simple(param: SearchParam) -> RowMaker:
     accessor, extract = compile_expression(param.expression), EXTRACTORS[param.type]
 
-    def rows(resource: dict[str, Any]) -> Rows:
+    def rows(resource: dict[str, Any], local_base: str | None) -> Rows:
         nodes = accessor(resource, resource)
         return extract(nodes) if nodes else []
+
+    return rows
+
+
+def _references(param: SearchParam) -> RowMaker:
+    accessor = compile_expression(param.expression)
+
+    def rows(resource: dict[str, Any], local_base: str | None) -> Rows:
+        nodes = accessor(resource, resource)
+        return reference_rows(nodes, local_base) if nodes else []
+
+    return rows
+
+
+def _reference_identifiers(param: SearchParam) -> RowMaker:
+    accessor = compile_expression(param.expression)
+
+    def rows(resource: dict[str, Any], local_base: str | None) -> Rows:
+        nodes = accessor(resource, resource)
+        return reference_identifier_rows(nodes) if nodes else []
 
     return rows
 
@@ -47,7 +75,7 @@ def _composite(param: SearchParam) -> RowMaker | None:
         parts.append((position, component.type, compile_expression(expression), EXTRACTORS[component.type]))
     accessor = compile_expression(param.expression)
 
-    def rows(resource: dict[str, Any]) -> Rows:
+    def rows(resource: dict[str, Any], local_base: str | None) -> Rows:
         out: Rows = []
         for node in accessor(resource, resource):
             columns: list[list[dict[str, Any]]] = []
@@ -91,7 +119,10 @@ def extractors(res_type: str) -> tuple[tuple[str, type, RowMaker], ...]:
     for code, param in sorted(params_for(res_type).items()):
         if code in NOT_INDEXED or not param.expression:
             continue
-        if param.type in EXTRACTORS:
+        if param.type == "reference":
+            found.append((code, INDEX_TABLES["reference"], _references(param)))
+            found.append((code + IDENTIFIER_SUFFIX, TokenIndex, _reference_identifiers(param)))
+        elif param.type in EXTRACTORS:
             found.append((code, INDEX_TABLES[param.type], _simple(param)))
         elif param.type == "composite" and (maker := _composite(param)) is not None:
             found.append((code, CompositeIndex, maker))
@@ -103,12 +134,14 @@ def tables_for(res_type: str) -> tuple[type, ...]:
     return tuple({table for _, table, _ in extractors(res_type)})
 
 
-def index_rows(res_type: str, res_id: str, resource: dict[str, Any]) -> dict[type, Rows]:
+def index_rows(
+    res_type: str, res_id: str, resource: dict[str, Any], local_base: str | None = None
+) -> dict[type, Rows]:
     """Index rows per table; values repeated within one parameter are stored once."""
     out: dict[type, Rows] = {}
     for code, table, make_rows in extractors(res_type):
         try:
-            rows = make_rows(resource)
+            rows = make_rows(resource, local_base)
         except Exception:  # one odd element must not make the resource unwritable
             log.warning("index extraction failed for %s parameter %s", res_type, code, exc_info=True)
             continue
@@ -134,7 +167,14 @@ _DELETE = {
 _INSERT = {model: insert(model.__table__) for model in set(INDEX_TABLES.values())}
 
 
-def index_batch(res_type: str, res_id: str, resource: dict[str, Any] | None, *, replace: bool) -> Batch:
+def index_batch(
+    res_type: str,
+    res_id: str,
+    resource: dict[str, Any] | None,
+    *,
+    replace: bool,
+    local_base: str | None = None,
+) -> Batch:
     """The statements that replace a resource's index rows (none remain for a deleted resource)."""
     batch: Batch = []
     if replace:
@@ -142,14 +182,19 @@ def index_batch(res_type: str, res_id: str, resource: dict[str, Any] | None, *, 
             (_DELETE[table], [{"res_type": res_type, "res_id": res_id}]) for table in tables_for(res_type)
         ]
     if resource is not None:
-        batch += [
-            (_INSERT[table], rows) for table, rows in index_rows(res_type, res_id, resource).items() if rows
-        ]
+        rows_by_table = index_rows(res_type, res_id, resource, local_base)
+        batch += [(_INSERT[table], rows) for table, rows in rows_by_table.items() if rows]
     return batch
 
 
 def write_index(
-    session: Session, res_type: str, res_id: str, resource: dict[str, Any] | None, *, replace: bool
+    session: Session,
+    res_type: str,
+    res_id: str,
+    resource: dict[str, Any] | None,
+    *,
+    replace: bool,
+    local_base: str | None = None,
 ) -> None:
     """Replace a resource's index rows inside the caller's transaction."""
-    execute_batch(session, index_batch(res_type, res_id, resource, replace=replace))
+    execute_batch(session, index_batch(res_type, res_id, resource, replace=replace, local_base=local_base))

@@ -7,6 +7,7 @@ depth works and everything is filtered in the database (counts and paging never 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -78,23 +79,34 @@ class SearchContext:
 
 # -- value syntax ------------------------------------------------------------------------------------------
 def split_unescaped(raw: str, sep: str) -> list[str]:
-    """Split on ``sep`` unless escaped with a backslash; unescape ``\\,`` ``\\|`` ``\\$`` ``\\\\``."""
-    parts, current, escaped = [], [], False
-    for ch in raw:
-        if escaped:
-            current.append(ch if ch in ",|$\\" else "\\" + ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == sep:
+    """Split on ``sep`` unless backslash-escaped. Only ``\\<sep>`` is unescaped here: other escapes stay
+    for the next level (``a\\|b,c`` splits on the comma, and ``a\\|b`` is then one code, not system|code)."""
+    parts: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and i + 1 < len(raw):
+            nxt = raw[i + 1]
+            current.append(nxt if nxt == sep else ch + nxt)
+            i += 2
+            continue
+        if ch == sep:
             parts.append("".join(current))
             current = []
         else:
             current.append(ch)
-    if escaped:
-        current.append("\\")
+        i += 1
     parts.append("".join(current))
     return parts
+
+
+_ESCAPED = re.compile(r"\\([,|$\\])")
+
+
+def unescape(value: str) -> str:
+    """The literal value once no more splitting happens: ``\\,`` ``\\|`` ``\\$`` ``\\\\``."""
+    return _ESCAPED.sub(r"\1", value)
 
 
 def split_prefix(value: str) -> tuple[str, str]:
@@ -166,16 +178,16 @@ def _valueset_codes(ctx: SearchContext, url: str, name: str) -> list[tuple[str |
 
 def _token_clause(ctx: SearchContext, t: Any, modifier: str, value: str, name: str) -> ColumnElement[bool]:
     if modifier == "text":
-        return t.text_norm.startswith(normalise.normalize_text(value), autoescape=True)
+        return t.text_norm.startswith(normalise.normalize_text(unescape(value)), autoescape=True)
     if modifier in ("in", "not-in"):
-        pairs = _valueset_codes(ctx, value, name)
+        pairs = _valueset_codes(ctx, unescape(value), name)
         return or_(
             *[
                 and_(t.code == code, t.system == system) if system else t.code == code
                 for system, code in pairs
             ]
         )
-    parts = split_unescaped(value, "|")
+    parts = [unescape(p) for p in split_unescaped(value, "|")]
     if modifier == "of-type":
         if len(parts) != 3:
             raise BadRequest(f"Parameter {name}: :of-type needs system|code|value", expression=name)
@@ -251,7 +263,7 @@ def _number_clause(t: Any, value: str, name: str) -> ColumnElement[bool]:
 
 def _quantity_clause(t: Any, value: str, name: str) -> ColumnElement[bool]:
     prefix, text = split_prefix(value)
-    parts = split_unescaped(text, "|")
+    parts = [unescape(p) for p in split_unescaped(text, "|")]
     if len(parts) not in (1, 3):
         raise BadRequest(f"Parameter {name}: a quantity is [prefix]number[|system|code]", expression=name)
     clause = number_condition(t.value, prefix, _decimal(parts[0], name))
@@ -259,11 +271,8 @@ def _quantity_clause(t: Any, value: str, name: str) -> ColumnElement[bool]:
         system, code = parts[1], parts[2]
         if system:
             clause = and_(clause, t.system == system)
-        if code:
-            clause = and_(
-                clause,
-                or_(t.code == code, and_(t.code.is_(None), t.unit == code)) if not system else t.code == code,
-            )
+        if code:  # with a system the code must match; without one, the code or the unit does
+            clause = and_(clause, t.code == code if system else or_(t.code == code, t.unit == code))
     return clause
 
 
@@ -288,11 +297,20 @@ def _reference_clause(
 
 
 def _uri_clause(t: Any, modifier: str, value: str) -> ColumnElement[bool]:
-    if modifier == "below":
+    if modifier == "below":  # the stored URI is the value or lies under it
         return t.value.startswith(value[:255], autoescape=True)
-    if modifier == "above":
-        return literal(value).startswith(t.value)
+    if modifier == "above":  # the stored URI is the value or one of its path prefixes
+        return t.value.in_(uri_prefixes(value))
     return t.value == value[:255]
+
+
+def uri_prefixes(value: str) -> list[str]:
+    """'http://a.org/fhir/ValueSet/1' -> itself, 'http://a.org/fhir/ValueSet', 'http://a.org/fhir', ..."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return [value[:255]]
+    segments = rest.split("/")
+    return [f"{scheme}://{'/'.join(segments[:n])}"[:255] for n in range(len(segments), 0, -1)]
 
 
 # -- parameters ---------------------------------------------------------------------------------------------
@@ -331,14 +349,18 @@ def _missing(res_type: str, outer: AliasedClass[Resource], param: SearchParam, v
 
 
 def _special(res_type: str, outer: AliasedClass[Resource], code: str, modifier: str, value: str, name: str):
-    values = split_unescaped(value, ",")
+    """``_id`` and ``_lastUpdated`` live on the resource row itself, so both are never missing."""
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise BadRequest(f"Parameter {name}: :missing takes true or false", expression=name)
+        return false() if value == "true" else None
+    values = [unescape(v) for v in split_unescaped(value, ",")]
     if code == "_id":
-        if modifier == "missing":
-            return false() if value == "true" else None
-        if modifier:
-            raise BadRequest(f"Parameter {name}: _id takes no modifier", expression=name)
-        return outer.res_id.in_(values)
-    # _lastUpdated: a point in time on the resource row
+        if modifier not in ("", "not"):
+            raise BadRequest(f"Parameter {name}: _id takes no modifier but :not or :missing", expression=name)
+        return outer.res_id.not_in(values) if modifier == "not" else outer.res_id.in_(values)
+    if modifier:
+        raise BadRequest(f"Parameter {name}: _lastUpdated takes no modifier but :missing", expression=name)
     clauses = []
     for v in values:
         prefix, text = split_prefix(v)
@@ -371,12 +393,12 @@ def parameter_clause(
     if code in ("_id", "_lastUpdated") and not dot:
         return _special(res_type, outer, code, modifier, value, name)
     param = _param(res_type, code, name)
+    if param.type not in INDEX_TABLES or not param.expression:  # near, _text, _content: not indexed
+        raise UnknownParameter(f"Search parameter '{code}' is not supported by this server", expression=name)
     if dot:
         return _chain_clause(ctx, res_type, outer, param, modifier, rest, value, name)
     if modifier == "missing":
         return _missing(res_type, outer, param, value, name)
-    if param.type not in INDEX_TABLES:  # special (e.g. Location near): not indexed
-        raise UnknownParameter(f"Search parameter '{code}' ({param.type}) is not supported", expression=name)
     allowed = MODIFIERS[param.type]
     if (
         modifier
@@ -404,6 +426,8 @@ def parameter_clause(
 def _value_clause(
     ctx: SearchContext, t: Any, param: SearchParam, modifier: str, value: str, name: str
 ) -> ColumnElement[bool]:
+    if param.type in ("string", "reference", "uri"):  # values that are not split any further
+        value = unescape(value)
     match param.type:
         case "string":
             return _string_clause(t, modifier, value)

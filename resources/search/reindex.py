@@ -19,6 +19,7 @@ def reindex(
     res_type: str | None = None,
     batch_size: int = 500,
     progress: bool = False,
+    local_base: str | None = None,
 ) -> int:
     """Re-index every current resource in batches, each batch one transaction with its rows locked, so
     that concurrent writes are neither lost nor re-indexed from a stale body. Returns the count."""
@@ -32,7 +33,9 @@ def reindex(
                 batch = ResourceRepository(session).current_batch(after, batch_size, res_type, lock=True)
                 for stored in batch:
                     resource = jsonio.loads_trusted(stored.body or "{}")
-                    write_index(session, stored.res_type, stored.res_id, resource, replace=True)
+                    write_index(
+                        session, stored.res_type, stored.res_id, resource, replace=True, local_base=local_base
+                    )
             if not batch:
                 break
             after = (batch[-1].res_type, batch[-1].res_id)

@@ -194,22 +194,30 @@ def _sort_expression(res_type: str, outer: Any, key: SortKey, dialect: str) -> C
     )
 
 
-def _after(keys: list[tuple[ColumnElement[Any], bool]], values: Sequence[Any]) -> ColumnElement[bool]:
-    """Rows strictly after ``values`` in the order of ``keys`` (direction per key, NULLs last)."""
+def _after(
+    keys: list[tuple[ColumnElement[Any], bool]], values: Sequence[Any], nulls_last: bool = True
+) -> ColumnElement[bool]:
+    """Rows strictly after ``values`` in the order of ``keys`` (direction per key; NULLs last, or first
+    when walking a page backwards, which is the same order reversed)."""
     if not keys:
         return false()
     (expr, descending), rest = keys[0], keys[1:]
     value = values[0]
+    deeper = _after(rest, values[1:], nulls_last)
     if value is None:
-        return and_(expr.is_(None), _after(rest, values[1:]))
+        if nulls_last:
+            return and_(expr.is_(None), deeper)
+        return or_(expr.is_not(None), and_(expr.is_(None), deeper))
     beyond = expr < value if descending else expr > value
-    return or_(expr.is_(None), beyond, and_(expr == value, _after(rest, values[1:])))
+    if nulls_last:
+        return or_(expr.is_(None), beyond, and_(expr == value, deeper))
+    return or_(beyond, and_(expr == value, deeper))
 
 
-def _order(keys: list[tuple[ColumnElement[Any], bool]]) -> list[Any]:
+def _order(keys: list[tuple[ColumnElement[Any], bool]], nulls_last: bool = True) -> list[Any]:
     out = []
     for expr, descending in keys:
-        out.append(expr.is_(None))  # NULLs last in either direction
+        out.append(expr.is_(None) if nulls_last else expr.is_not(None))
         out.append(expr.desc() if descending else expr.asc())
     return out
 
@@ -325,11 +333,11 @@ def run(session: Session, req: SearchRequest, ctx: SearchContext) -> SearchPage:
     if req.cursor:
         if len(req.cursor["k"]) != len(keys):
             raise BadRequest("_cursor does not belong to this search", expression="_cursor")
-        where.append(_after(order_keys, req.cursor["k"]))
+        where.append(_after(order_keys, req.cursor["k"], nulls_last=not backwards))
     stmt = (
         select(outer.res_type, outer.res_id, *[e for e, _ in keys])
         .where(*where)
-        .order_by(*_order(order_keys))
+        .order_by(*_order(order_keys, nulls_last=not backwards))
         .limit(req.count + 1)
     )
     rows = list(session.execute(stmt))

@@ -73,9 +73,9 @@ def string_rows(nodes: Iterable[Any]) -> list[Row]:
 
 
 # -- token -------------------------------------------------------------------------------------------------
-def _coding_row(coding: dict[str, Any], text: str | None = None) -> Row | None:
+def _coding_row(coding: dict[str, Any]) -> Row | None:
     system, code = coding.get("system"), coding.get("code")
-    label = text or coding.get("display")
+    label = coding.get("display")
     if system is None and code is None and label is None:
         return None
     return {"system": _cut(system), "code": _cut(code), "text_norm": normalize_text(label) if label else None}
@@ -88,11 +88,12 @@ def _token_rows(node: Any) -> Iterable[Row | None]:
         yield {"code": _cut(node)}
     elif isinstance(node, dict):
         if "coding" in node or ("text" in node and "value" not in node and "system" not in node):
-            codings = [c for c in node.get("coding") or [] if isinstance(c, dict)]
+            # each Coding with its own display; CodeableConcept.text as a row of its own (for :text)
+            for coding in node.get("coding") or []:
+                if isinstance(coding, dict):
+                    yield _coding_row(coding)
             text = node.get("text")
-            for coding in codings:
-                yield _coding_row(coding, text)
-            if not codings and isinstance(text, str):
+            if isinstance(text, str) and text:
                 yield {"text_norm": normalize_text(text)}
         elif "value" in node and ("system" in node or "type" in node or "use" in node or "period" in node):
             row: Row = {"system": _cut(node.get("system")), "code": _cut(node.get("value"))}
@@ -217,18 +218,31 @@ def parse_reference(value: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def reference_rows(nodes: Iterable[Any]) -> list[Row]:
+def reference_rows(nodes: Iterable[Any], local_base: str | None = None) -> list[Row]:
+    """Relative references (and absolute ones under ``local_base``) point at local resources by type and
+    id; other absolute URLs, URNs and canonicals are kept by URL only, so they never match a local id."""
     rows = []
+    prefix = local_base.rstrip("/") + "/" if local_base else None
     for node in nodes:
         ref = node.get("reference") if isinstance(node, dict) else node
         if not isinstance(ref, str) or not ref or ref.startswith("#"):
             continue
-        target_type, target_id = parse_reference(ref)
-        is_url = "://" in ref or ref.startswith("urn:")
-        rows.append(
-            {"target_type": target_type, "target_id": target_id, "url": _cut(ref) if is_url else None}
-        )
+        if "://" in ref or ref.startswith("urn:"):
+            local = ref[len(prefix) :] if prefix and ref.startswith(prefix) else None
+            target_type, target_id = parse_reference(local) if local else (None, None)
+            rows.append({"target_type": target_type, "target_id": target_id, "url": _cut(ref)})
+        else:
+            target_type, target_id = parse_reference(ref)
+            rows.append({"target_type": target_type, "target_id": target_id, "url": None})
     return rows
+
+
+def reference_identifier_rows(nodes: Iterable[Any]) -> list[Row]:
+    """Reference.identifier as tokens, for the :identifier modifier."""
+    identifiers = [
+        n["identifier"] for n in nodes if isinstance(n, dict) and isinstance(n.get("identifier"), dict)
+    ]
+    return token_rows(identifiers)
 
 
 def uri_rows(nodes: Iterable[Any]) -> list[Row]:
