@@ -24,6 +24,7 @@ from resources.models import Resource
 from resources.registry import R4_RESOURCE_TYPES, supported_types
 from resources.search import values as normalise
 from resources.search.definitions import SearchParam, params_for
+from resources.search.indexer import IDENTIFIER_SUFFIX
 from resources.search.models import INDEX_TABLES, DateIndex, ReferenceIndex, TokenIndex, UriIndex
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -399,6 +400,11 @@ def parameter_clause(
         return _chain_clause(ctx, res_type, outer, param, modifier, rest, value, name)
     if modifier == "missing":
         return _missing(res_type, outer, param, value, name)
+    if param.type == "reference" and modifier == "identifier":  # Reference.identifier, indexed as tokens
+        tokens = aliased(TokenIndex)
+        wanted = [v for v in split_unescaped(value, ",") if v != ""]
+        matches = or_(*[_token_clause(ctx, tokens, "", v, name) for v in wanted])
+        return _index_exists(res_type, outer, tokens, code + IDENTIFIER_SUFFIX, matches)
     allowed = MODIFIERS[param.type]
     if (
         modifier

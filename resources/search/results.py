@@ -247,16 +247,14 @@ def _page_query(session: Session, req: SearchRequest, ctx: SearchContext):
         conditions.append(or_(*per_type))
         ctx.ignored = sorted(set(ctx.ignored))
     keys: list[tuple[ColumnElement[Any], bool]] = []
-    if req.res_type:
-        keys = [
-            (_sort_expression(req.res_type, outer, k, dialect), k.descending)
-            for k in req.sort
-            if k.code != "_id"
-        ]
-    else:
-        keys = [(outer.last_updated, k.descending) for k in req.sort if k.code == "_lastUpdated"]
-    id_desc = next((k.descending for k in req.sort if k.code == "_id"), False)
-    keys += [(outer.res_type, False), (outer.res_id, id_desc)]
+    for key in req.sort:  # in the order given; (type, id) always closes the order so pages are stable
+        if key.code == "_id":
+            keys.append((outer.res_id, key.descending))
+        elif key.code == "_lastUpdated":
+            keys.append((outer.last_updated, key.descending))
+        elif req.res_type:
+            keys.append((_sort_expression(req.res_type, outer, key, dialect), key.descending))
+    keys += [(outer.res_type, False), (outer.res_id, False)]
     return outer, conditions, keys
 
 

@@ -98,13 +98,21 @@ def _token_rows(node: Any) -> Iterable[Row | None]:
         elif "value" in node and ("system" in node or "type" in node or "use" in node or "period" in node):
             row: Row = {"system": _cut(node.get("system")), "code": _cut(node.get("value"))}
             id_type = node.get("type")
-            if isinstance(id_type, dict):  # Identifier.type, for :of-type
-                first = next((c for c in id_type.get("coding") or [] if isinstance(c, dict)), None)
-                if first:
-                    row["type_system"], row["type_code"] = _cut(first.get("system")), _cut(first.get("code"))
-                if isinstance(id_type.get("text"), str):
-                    row["text_norm"] = normalize_text(id_type["text"])
-            yield row
+            if isinstance(id_type, dict):  # Identifier.type: one row per type coding, for :of-type
+                label = id_type.get("text")
+                text = {"text_norm": normalize_text(label)} if isinstance(label, str) else {}
+                typed = [c for c in id_type.get("coding") or [] if isinstance(c, dict)]
+                for coding in typed:
+                    yield {
+                        **row,
+                        **text,
+                        "type_system": _cut(coding.get("system")),
+                        "type_code": _cut(coding.get("code")),
+                    }
+                if not typed:
+                    yield {**row, **text}
+            else:
+                yield row
         elif "value" in node:  # ContactPoint or Identifier without system
             yield {"system": _cut(node.get("system")), "code": _cut(node.get("value"))}
         else:
