@@ -75,7 +75,7 @@ def make_engine(url: str, config: dict[str, Any] | None = None) -> Engine:
         )
         _sqlite_pragmas(engine)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         echo=config.get("DB_ECHO", False),
         pool_size=int(config.get("DB_POOL_SIZE", 5)),
@@ -83,6 +83,16 @@ def make_engine(url: str, config: dict[str, Any] | None = None) -> Engine:
         pool_recycle=int(config.get("DB_POOL_RECYCLE", 1800)),
         pool_pre_ping=False,
     )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # psycopg prepares a statement after 5 runs; a generic plan would then lose the constants that
+        # make search predicates (LIKE prefixes, selective codes) use their indexes. Plan each time.
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET plan_cache_mode = force_custom_plan")
+        dbapi_conn.commit()
+
+    return engine
 
 
 def init_app(app: Flask) -> None:

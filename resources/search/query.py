@@ -400,11 +400,25 @@ def parameter_clause(
         return _chain_clause(ctx, res_type, outer, param, modifier, rest, value, name)
     if modifier == "missing":
         return _missing(res_type, outer, param, value, name)
+    table, index_code, matches, negate = _matching(ctx, param, modifier, value, name)
+    found = _index_exists(res_type, outer, table, index_code, matches)
+    return not_(found) if negate else found
+
+
+def _matching(
+    ctx: SearchContext, param: SearchParam, modifier: str, value: str, name: str
+) -> tuple[Any, str, ColumnElement[bool], bool]:
+    """(index table alias, param column value, condition on the alias, whether to negate the EXISTS)."""
+    code = param.code
     if param.type == "reference" and modifier == "identifier":  # Reference.identifier, indexed as tokens
         tokens = aliased(TokenIndex)
         wanted = [v for v in split_unescaped(value, ",") if v != ""]
-        matches = or_(*[_token_clause(ctx, tokens, "", v, name) for v in wanted])
-        return _index_exists(res_type, outer, tokens, code + IDENTIFIER_SUFFIX, matches)
+        return (
+            tokens,
+            code + IDENTIFIER_SUFFIX,
+            or_(*[_token_clause(ctx, tokens, "", v, name) for v in wanted]),
+            False,
+        )
     allowed = MODIFIERS[param.type]
     if (
         modifier
@@ -419,14 +433,10 @@ def parameter_clause(
     values = [v for v in split_unescaped(value, ",") if v != ""]
     if not values:
         raise BadRequest(f"Parameter {name} has no value", expression=name)
-    if modifier == "not":  # no value of the resource matches: negate the whole EXISTS
-        matches = or_(*[_token_clause(ctx, table, "", v, name) for v in values])
-        return not_(_index_exists(res_type, outer, table, code, matches))
-    if modifier == "not-in":
-        matches = or_(*[_token_clause(ctx, table, "in", v, name) for v in values])
-        return not_(_index_exists(res_type, outer, table, code, matches))
-    clauses = [_value_clause(ctx, table, param, modifier, v, name) for v in values]
-    return _index_exists(res_type, outer, table, code, or_(*clauses))
+    if modifier in ("not", "not-in"):  # no value of the resource matches: negate the whole EXISTS
+        inner = "" if modifier == "not" else "in"
+        return table, code, or_(*[_token_clause(ctx, table, inner, v, name) for v in values]), True
+    return table, code, or_(*[_value_clause(ctx, table, param, modifier, v, name) for v in values]), False
 
 
 def _value_clause(
@@ -505,6 +515,26 @@ def _composite_clause(
 
 
 def _subquery_ids(ctx: SearchContext, res_type: str, name: str, value: str):
+    """Ids of ``res_type`` resources matching ``name=value``, for chains and ``_has``.
+
+    A plain indexed parameter reads its ids straight from the index table: rows exist only for current,
+    non-deleted resources, so no join to ``resource`` (which would scan every resource of the type).
+    """
+    head = name.partition(".")
+    code, _, modifier = head[0].partition(":")
+    if (
+        not head[1]
+        and not name.startswith("_has:")
+        and code not in ("_id", "_lastUpdated")
+        and modifier != "missing"
+    ):
+        param = _param(res_type, code, name)
+        if param.type in INDEX_TABLES and param.expression:
+            table, index_code, matches, negate = _matching(ctx, param, modifier, value, name)
+            if not negate:
+                return select(table.res_id).where(
+                    table.res_type == res_type, table.param == index_code, matches
+                )
     inner = aliased(Resource)
     clause = parameter_clause(ctx, res_type, inner, name, value)
     conditions = [inner.res_type == res_type, inner.deleted.is_(False)]

@@ -195,13 +195,13 @@ def _sort_expression(res_type: str, outer: Any, key: SortKey, dialect: str) -> C
 
 
 def _after(
-    keys: list[tuple[ColumnElement[Any], bool]], values: Sequence[Any], nulls_last: bool = True
+    keys: list[tuple[ColumnElement[Any], bool, bool]], values: Sequence[Any], nulls_last: bool = True
 ) -> ColumnElement[bool]:
-    """Rows strictly after ``values`` in the order of ``keys`` (direction per key; NULLs last, or first
-    when walking a page backwards, which is the same order reversed)."""
+    """Rows strictly after ``values`` in the order of ``keys`` (expression, descending, nullable); NULLs
+    sort last, or first when walking a page backwards, which is the same order reversed."""
     if not keys:
         return false()
-    (expr, descending), rest = keys[0], keys[1:]
+    (expr, descending, nullable), rest = keys[0], keys[1:]
     value = values[0]
     deeper = _after(rest, values[1:], nulls_last)
     if value is None:
@@ -209,16 +209,19 @@ def _after(
             return and_(expr.is_(None), deeper)
         return or_(expr.is_not(None), and_(expr.is_(None), deeper))
     beyond = expr < value if descending else expr > value
-    if nulls_last:
+    if nullable and nulls_last:
         return or_(expr.is_(None), beyond, and_(expr == value, deeper))
     return or_(beyond, and_(expr == value, deeper))
 
 
-def _order(keys: list[tuple[ColumnElement[Any], bool]], nulls_last: bool = True) -> list[Any]:
+def _order(keys: list[tuple[ColumnElement[Any], bool, bool]], nulls_last: bool = True) -> list[Any]:
+    """ORDER BY terms; NULLS LAST/FIRST only on nullable keys, so the primary key can drive the scan."""
     out = []
-    for expr, descending in keys:
-        out.append(expr.is_(None) if nulls_last else expr.is_not(None))
-        out.append(expr.desc() if descending else expr.asc())
+    for expr, descending, nullable in keys:
+        term = expr.desc() if descending else expr.asc()
+        if nullable:
+            term = term.nulls_last() if nulls_last else term.nulls_first()
+        out.append(term)
     return out
 
 
@@ -246,15 +249,15 @@ def _page_query(session: Session, req: SearchRequest, ctx: SearchContext):
             per_type = [true()]
         conditions.append(or_(*per_type))
         ctx.ignored = sorted(set(ctx.ignored))
-    keys: list[tuple[ColumnElement[Any], bool]] = []
+    keys: list[tuple[ColumnElement[Any], bool, bool]] = []  # (expression, descending, nullable)
     for key in req.sort:  # in the order given; (type, id) always closes the order so pages are stable
         if key.code == "_id":
-            keys.append((outer.res_id, key.descending))
+            keys.append((outer.res_id, key.descending, False))
         elif key.code == "_lastUpdated":
-            keys.append((outer.last_updated, key.descending))
+            keys.append((outer.last_updated, key.descending, False))
         elif req.res_type:
-            keys.append((_sort_expression(req.res_type, outer, key, dialect), key.descending))
-    keys += [(outer.res_type, False), (outer.res_id, False)]
+            keys.append((_sort_expression(req.res_type, outer, key, dialect), key.descending, True))
+    keys += [(outer.res_type, False, False), (outer.res_id, False, False)]
     return outer, conditions, keys
 
 
@@ -326,14 +329,14 @@ def run(session: Session, req: SearchRequest, ctx: SearchContext) -> SearchPage:
     if req.summary_count or req.count == 0:
         return SearchPage([], [], total, None, None, ctx.ignored)
     backwards = bool(req.cursor and req.cursor["d"] == "p")
-    order_keys = [(e, not d) for e, d in keys] if backwards else keys
+    order_keys = [(e, not d, n) for e, d, n in keys] if backwards else keys
     where = list(conditions)
     if req.cursor:
         if len(req.cursor["k"]) != len(keys):
             raise BadRequest("_cursor does not belong to this search", expression="_cursor")
         where.append(_after(order_keys, req.cursor["k"], nulls_last=not backwards))
     stmt = (
-        select(outer.res_type, outer.res_id, *[e for e, _ in keys])
+        select(outer.res_type, outer.res_id, *[e for e, _, _ in keys])
         .where(*where)
         .order_by(*_order(order_keys, nulls_last=not backwards))
         .limit(req.count + 1)
