@@ -10,8 +10,20 @@ from fhir_api import create_app
 
 
 @click.group(cls=FlaskGroup, create_app=create_app, add_version_option=False, load_dotenv=False)
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """FHIR R4 server."""
+    ctx.call_on_close(_close_database)
+
+
+def _close_database() -> None:
+    """A command's app owns a connection pool: close it when the command ends (``serve`` builds its own)."""
+    from flask.cli import ScriptInfo
+
+    info = click.get_current_context().find_object(ScriptInfo)
+    app = getattr(info, "_loaded_app", None) if info else None
+    if app is not None and "fhir_db" in app.extensions:
+        app.extensions["fhir_db"]["engine"].dispose()
 
 
 @main.group()

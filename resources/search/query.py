@@ -514,11 +514,15 @@ def _composite_clause(
     return and_(*clauses)
 
 
-def _subquery_ids(ctx: SearchContext, res_type: str, name: str, value: str):
-    """Ids of ``res_type`` resources matching ``name=value``, for chains and ``_has``.
+def _ids_matching(
+    ctx: SearchContext, res_type: str, name: str, value: str, id_col: Any
+) -> ColumnElement[bool]:
+    """``id_col`` names a ``res_type`` resource matching ``name=value`` (for chains and ``_has``).
 
-    A plain indexed parameter reads its ids straight from the index table: rows exist only for current,
-    non-deleted resources, so no join to ``resource`` (which would scan every resource of the type).
+    A plain indexed parameter is a correlated EXISTS on its index table (rows exist only for current,
+    non-deleted resources, so no join to ``resource``); the planner can then stop at the page size instead
+    of materialising every match. Anything else (nested chains, modifiers that negate) goes through the
+    resource table.
     """
     head = name.partition(".")
     code, _, modifier = head[0].partition(":")
@@ -532,15 +536,17 @@ def _subquery_ids(ctx: SearchContext, res_type: str, name: str, value: str):
         if param.type in INDEX_TABLES and param.expression:
             table, index_code, matches, negate = _matching(ctx, param, modifier, value, name)
             if not negate:
-                return select(table.res_id).where(
-                    table.res_type == res_type, table.param == index_code, matches
+                return exists(
+                    select(literal(1)).where(
+                        table.res_type == res_type, table.res_id == id_col, table.param == index_code, matches
+                    )
                 )
     inner = aliased(Resource)
     clause = parameter_clause(ctx, res_type, inner, name, value)
-    conditions = [inner.res_type == res_type, inner.deleted.is_(False)]
+    conditions = [inner.res_type == res_type, inner.deleted.is_(False), inner.res_id == id_col]
     if clause is not None:
         conditions.append(clause)
-    return select(inner.res_id).where(*conditions)
+    return exists(select(literal(1)).where(*conditions))
 
 
 def _chain_clause(
@@ -578,7 +584,7 @@ def _chain_clause(
                 outer,
                 ref,
                 param.code,
-                and_(ref.target_type == target, ref.target_id.in_(_subquery_ids(ctx, target, rest, value))),
+                and_(ref.target_type == target, _ids_matching(ctx, target, rest, value, ref.target_id)),
             )
         )
     return or_(*clauses)
@@ -606,7 +612,7 @@ def _has_clause(
             ref.param == ref_code,
             ref.target_type == outer.res_type,
             ref.target_id == outer.res_id,
-            ref.res_id.in_(_subquery_ids(ctx, source, rest, value)),
+            _ids_matching(ctx, source, rest, value, ref.res_id),
         )
     )
 

@@ -12,7 +12,21 @@ from typing import Any
 from urllib.parse import urlencode
 
 import simplejson
-from sqlalchemy import ColumnElement, and_, false, func, or_, select, text, true, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    exists,
+    false,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    text,
+    true,
+    tuple_,
+)
 from sqlalchemy.orm import Session, aliased
 
 from fhir_api.errors import BadRequest, Issue, operation_outcome
@@ -323,29 +337,128 @@ def _included(session: Session, matches: list[Stored], req: SearchRequest) -> tu
     return found, False
 
 
+def _segment(
+    session: Session,
+    stmt: Select[Any],
+    keys: list[tuple[ColumnElement[Any], bool, bool]],
+    after: Sequence[Any] | None,
+    backwards: bool,
+    limit: int,
+) -> list[Any]:
+    """One ordered, keyset-limited slice of a search; walking backwards reverses every key."""
+    order_keys = [(e, not d, n) for e, d, n in keys] if backwards else keys
+    if after is not None:
+        stmt = stmt.where(_after(order_keys, after, nulls_last=not backwards))
+    return list(session.execute(stmt.order_by(*_order(order_keys, nulls_last=not backwards)).limit(limit)))
+
+
+def _lead_sort(
+    req: SearchRequest, outer: Any, dialect: str
+) -> tuple[Any, ColumnElement[Any], list[Any], Any]:
+    """For ``_sort=<param>``: join the parameter's index row that holds the resource's sort value.
+
+    Ordering by that indexed column (instead of a per-row MIN/MAX subquery) lets PostgreSQL walk the index
+    in sort order and stop at the page size, so the cost of a page does not grow with the matches.
+    Returns (join target, join condition, conditions keeping one row per resource, absent condition).
+    """
+    assert req.res_type
+    key = req.sort[0]
+    param = params_for(req.res_type)[key.code]
+    table = INDEX_TABLES[param.type]
+    d, d2, d3 = aliased(table), aliased(table), aliased(table)
+    name = ("high" if key.descending else "low") if param.type == "date" else SORT_COLUMNS[param.type]
+
+    def column(alias: Any) -> ColumnElement[Any]:
+        col = getattr(alias, name)
+        return (
+            col.collate("C")
+            if dialect == "postgresql" and param.type not in ("date", "number", "quantity")
+            else col
+        )
+
+    col, col2 = column(d), column(d2)
+    better = col2 > col if key.descending else col2 < col
+    join_on = and_(
+        d.res_type == req.res_type,
+        d.res_id == outer.res_id,
+        d.param == key.code,
+        getattr(d, name).is_not(None),
+    )
+    extreme = ~exists(
+        select(literal(1)).where(
+            d2.res_type == req.res_type,
+            d2.res_id == d.res_id,
+            d2.param == key.code,
+            or_(better, and_(col2 == col, d2.row_id < d.row_id)),
+        )
+    )
+    absent = ~exists(
+        select(literal(1)).where(
+            d3.res_type == req.res_type,
+            d3.res_id == outer.res_id,
+            d3.param == key.code,
+            getattr(d3, name).is_not(None),
+        )
+    )
+    return d, join_on, [extreme, col], absent
+
+
+def _page_rows(
+    session: Session,
+    req: SearchRequest,
+    outer: Any,
+    conditions: list[ColumnElement[bool]],
+    keys: list[tuple[ColumnElement[Any], bool, bool]],
+) -> tuple[list[Any], bool]:
+    """The page's rows (type, id, sort values...) in order, and whether more lie beyond them."""
+    backwards = bool(req.cursor and req.cursor["d"] == "p")
+    cursor = req.cursor["k"] if req.cursor else None
+    if cursor is not None and len(cursor) != len(keys):
+        raise BadRequest("_cursor does not belong to this search", expression="_cursor")
+    n = req.count
+    rest = keys[1:]
+    if not (req.res_type and keys[0][2]):  # no parameter sort: one query in (sort..., type, id) order
+        stmt = select(outer.res_type, outer.res_id, *[e for e, _, _ in keys]).where(*conditions)
+        rows = _segment(session, stmt, keys, cursor, backwards, n + 1)
+    else:
+        # Two segments: resources that have the sort value (index-driven), then those without (NULLs last).
+        target, join_on, (extreme, col), absent = _lead_sort(req, outer, session.get_bind().dialect.name)
+        keyed_keys = [(col, keys[0][1], False), *rest]
+        keyed_stmt = (
+            select(outer.res_type, outer.res_id, col, *[e for e, _, _ in rest])
+            .select_from(outer)
+            .join(target, join_on)
+            .where(*conditions, extreme)
+        )
+        null_stmt = select(outer.res_type, outer.res_id, null(), *[e for e, _, _ in rest]).where(
+            *conditions, absent
+        )
+        first, second = (keyed_stmt, keyed_keys), (null_stmt, rest)
+        if backwards:
+            first, second = second, first
+        in_first = cursor is None or ((cursor[0] is not None) != backwards)
+        if in_first:
+            after = None if cursor is None else (cursor if first[0] is keyed_stmt else cursor[1:])
+            rows = _segment(session, first[0], first[1], after, backwards, n + 1)
+            if len(rows) <= n:
+                rows += _segment(session, second[0], second[1], None, backwards, n + 1 - len(rows))
+        else:
+            after = cursor if second[0] is keyed_stmt else cursor[1:]
+            rows = _segment(session, second[0], second[1], after, backwards, n + 1)
+    more = len(rows) > n
+    rows = rows[:n]
+    if backwards:
+        rows.reverse()
+    return rows, more
+
+
 def run(session: Session, req: SearchRequest, ctx: SearchContext) -> SearchPage:
     outer, conditions, keys = _page_query(session, req, ctx)
     total = _count(session, outer, conditions) if req.total != "none" else None
     if req.summary_count or req.count == 0:
         return SearchPage([], [], total, None, None, ctx.ignored)
     backwards = bool(req.cursor and req.cursor["d"] == "p")
-    order_keys = [(e, not d, n) for e, d, n in keys] if backwards else keys
-    where = list(conditions)
-    if req.cursor:
-        if len(req.cursor["k"]) != len(keys):
-            raise BadRequest("_cursor does not belong to this search", expression="_cursor")
-        where.append(_after(order_keys, req.cursor["k"], nulls_last=not backwards))
-    stmt = (
-        select(outer.res_type, outer.res_id, *[e for e, _, _ in keys])
-        .where(*where)
-        .order_by(*_order(order_keys, nulls_last=not backwards))
-        .limit(req.count + 1)
-    )
-    rows = list(session.execute(stmt))
-    more = len(rows) > req.count
-    rows = rows[: req.count]
-    if backwards:
-        rows.reverse()
+    rows, more = _page_rows(session, req, outer, conditions, keys)
     matches = _fetch(session, [(r[0], r[1]) for r in rows])
     has_next = more if not backwards else True
     has_prev = (more if backwards else True) if req.cursor else False
