@@ -234,6 +234,8 @@ def reference_rows(nodes: Iterable[Any], local_base: str | None = None) -> list[
     for node in nodes:
         ref = node.get("reference") if isinstance(node, dict) else node
         if not isinstance(ref, str) or not ref or ref.startswith("#"):
+            if isinstance(node, dict) and node:  # contained, display- or identifier-only: present, no target
+                rows.append({"target_type": None, "target_id": None, "url": None})
             continue
         if "://" in ref or ref.startswith("urn:"):
             local = ref[len(prefix) :] if prefix and ref.startswith(prefix) else None
