@@ -77,6 +77,7 @@ def search_reindex(res_type: str | None, batch_size: int) -> None:
     public = current_app.config.get("PUBLIC_URL")
     local_base = f"{public.rstrip('/')}/fhir/R4" if public else None
     count = reindex(database.new_session, res_type, batch_size, progress=True, local_base=local_base)
+    database.analyze(database.engine())
     click.echo(f"reindexed {count} resources")
 
 
@@ -86,7 +87,9 @@ def search_reindex(res_type: str | None, batch_size: int) -> None:
 @with_appcontext
 def seed_cmd(patients: int, seed_value: int) -> None:
     """Load a deterministic synthetic population through the API's own write path."""
+    from fhir_api import db as database
     from seed.loader import load_population
 
     summary = load_population(patients=patients, seed=seed_value, progress=True)
+    database.analyze(database.engine())
     click.echo(", ".join(f"{n} {t}" for t, n in sorted(summary.items())))

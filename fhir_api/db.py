@@ -189,3 +189,10 @@ def _pg_sql(stmt: Any, dialect: Any, keys: tuple[str, ...]) -> str:
         sql = str(stmt.compile(dialect=dialect, column_keys=list(keys)))
         _PG_SQL[cache_key] = sql
     return sql
+
+
+def analyze(e: Engine) -> None:
+    """Refresh planner statistics after a bulk load (seed, reindex, import): without them both databases
+    plan index lookups as if every table were tiny, and searches slow down by orders of magnitude."""
+    with e.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")

@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, literal, not_, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, func, literal, not_, or_, select
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import AliasedClass
 
@@ -606,15 +606,47 @@ def _has_clause(
             f"Parameter {name}: '{ref_code}' is not a reference parameter of {source}", expression=name
         )
     ref = aliased(ReferenceIndex)
-    return exists(
-        select(literal(1)).where(
-            ref.res_type == source,
-            ref.param == ref_code,
-            ref.target_type == outer.res_type,
-            ref.target_id == outer.res_id,
-            _ids_matching(ctx, source, rest, value, ref.res_id),
-        )
+    probe = select(literal(1)).where(
+        ref.res_type == source,
+        ref.param == ref_code,
+        ref.target_type == outer.res_type,
+        ref.target_id == outer.res_id,
+        _ids_matching(ctx, source, rest, value, ref.res_id),
     )
+    if _many_sources(ctx, source, rest, value):
+        # OFFSET 0 keeps the EXISTS a per-row probe. PostgreSQL would flatten it into a semi-join that hashes
+        # every reference of the parameter; when the sources are many, most targets match and probing targets
+        # in page order stops at the page size instead.
+        probe = probe.offset(0)
+    return exists(probe)
+
+
+MANY_SOURCES = 1000
+
+
+def _many_sources(ctx: SearchContext, res_type: str, name: str, value: str) -> bool:
+    """Whether at least MANY_SOURCES resources match ``name=value`` (a bounded index read, on PostgreSQL)."""
+    session = ctx.session
+    if session is None or session.get_bind().dialect.name != "postgresql":
+        return False
+    code, _, modifier = name.partition(":")
+    param = params_for(res_type).get(code)
+    if (
+        "." in name
+        or name.startswith("_")
+        or param is None
+        or param.type not in INDEX_TABLES
+        or not param.expression
+    ):
+        return False
+    table, index_code, matches, negate = _matching(ctx, param, modifier, value, name)
+    if negate:
+        return False
+    sample = select(table.res_id).where(table.res_type == res_type, table.param == index_code, matches)
+    found = session.execute(
+        select(func.count()).select_from(sample.limit(MANY_SOURCES).subquery())
+    ).scalar_one()
+    return int(found) >= MANY_SOURCES
 
 
 def build_filters(
