@@ -222,13 +222,13 @@ def rss_mb(pid: int) -> float | None:
 
 
 @contextlib.contextmanager
-def bench_database(server_url: str) -> Iterator[str]:
-    """A fresh database on the server, dropped at the end; only ever the one created here."""
+def bench_database(server_url: str, prefix: str = "fhir_bench") -> Iterator[str]:
+    """A fresh database ``<prefix>_<random>``, dropped at the end; only ever the one created here."""
     server = make_url(server_url)
     if server.get_backend_name() != "postgresql":
         raise SystemExit("--database-url must be a PostgreSQL URL")
     conninfo = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"fhir_bench_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
@@ -432,6 +432,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed-rows", type=int, default=500, help="rows created before the read load")
     p.add_argument("--loader", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--check", action="store_true", help="exit 1 when any target is missed")
+    p.add_argument(
+        "--no-search-index",
+        action="store_true",
+        help="run the app with FHIR_SEARCH_INDEXING=false, to separate the REST core from index writes",
+    )
     return p.parse_args(argv)
 
 
@@ -467,10 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_")}
         env["FHIR_DATABASE_URL"] = db_url
         subprocess.run([str(fhir_api_bin), "db", "upgrade"], env=env, cwd=ROOT, check=True)
+        app_env = {**env, "FHIR_SEARCH_INDEXING": "false"} if args.no_search_index else env
         try:
             app_port, floor_port = free_port(), free_port()
             app_argv = [str(fhir_api_bin), "serve", "--host", "127.0.0.1", "--port", str(app_port)]
-            app_srv = Server("app", [*app_argv, "--workers", str(args.workers)], env, app_port, work)
+            app_srv = Server("app", [*app_argv, "--workers", str(args.workers)], app_env, app_port, work)
             floor_argv = [sys.executable, str(HERE / "floor_app.py"), "--database-url", db_url]
             floor_argv += ["--bind", f"127.0.0.1:{floor_port}", "--workers", str(args.workers)]
             floor_srv = Server("floor", floor_argv, env, floor_port, work)
