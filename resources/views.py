@@ -98,6 +98,14 @@ def _write_response(s: Stored, status: int, message: str):
     return fhir_response(s.body, status=status, headers=headers)
 
 
+def _update_response(stored: Stored, created: bool):
+    """201 when the update created the resource, else 200 with the new version."""
+    name = f"{stored.res_type}/{stored.res_id}"
+    if created:
+        return _write_response(stored, 201, f"Created {name}")
+    return _write_response(stored, 200, f"Updated {name} to version {stored.version}")
+
+
 def _resource_body() -> dict[str, Any]:
     require_json_body()
     return jsonio.load_resource(request.get_data(cache=False))
@@ -147,9 +155,7 @@ def conditional_update(res_type: str):
         if_match=parse_etag(request.headers.get("If-Match")),
         update_create=bool(current_app.config.get("UPDATE_CREATE", True)),
     )
-    if created:
-        return _write_response(stored, 201, f"Created {res_type}/{stored.res_id}")
-    return _write_response(stored, 200, f"Updated {res_type}/{stored.res_id} to version {stored.version}")
+    return _update_response(stored, created)
 
 
 @blp.route("/<rtype:res_type>", methods=["DELETE"])
@@ -211,9 +217,7 @@ def update(res_type: str, res_id: str):
         if_match=parse_etag(request.headers.get("If-Match")),
         update_create=bool(current_app.config.get("UPDATE_CREATE", True)),
     )
-    if created:
-        return _write_response(stored, 201, f"Created {res_type}/{res_id}")
-    return _write_response(stored, 200, f"Updated {res_type}/{res_id} to version {stored.version}")
+    return _update_response(stored, created)
 
 
 @blp.route("/<rtype:res_type>/<fid:res_id>", methods=["PATCH"])
