@@ -14,13 +14,19 @@ from resources.repository import Stored
 _STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK", "DELETE": "204 No Content"}
 
 
-def page_url(**overrides: str | None) -> str:
-    """The current request URL under the public base, with some query parameters replaced or removed."""
-    args = [(k, v) for k, v in request.args.items(multi=True) if k not in overrides]
-    args += [(k, v) for k, v in overrides.items() if v is not None]
+def link_url(base: str, path: str, args: list[tuple[str, str]], cursor: str | None) -> str:
+    """A paging link: the request's parameters with ``_cursor`` replaced (or removed)."""
+    kept = [(k, v) for k, v in args if k != "_cursor"]
+    if cursor:
+        kept.append(("_cursor", cursor))
+    query = urlencode(kept)
+    return f"{base}{path}" + (f"?{query}" if query else "")
+
+
+def page_url(cursor: str | None = None) -> str:
+    """The current GET request's URL under the public base, at another page."""
     path = request.path.removeprefix("/fhir/R4")
-    query = urlencode(args)
-    return f"{base_url()}{path}" + (f"?{query}" if query else "")
+    return link_url(base_url(), path, list(request.args.items(multi=True)), cursor)
 
 
 def _history_entry(v: Stored, base: str) -> str:

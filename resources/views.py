@@ -281,9 +281,9 @@ def _history_response(query: HistoryQuery):
     links = {"self": page_url()}
     paging_forward = query.after_seq is None
     if versions and (more if paging_forward else True):
-        links["next"] = page_url(_cursor=f"b{versions[-1].seq}")
+        links["next"] = page_url(f"b{versions[-1].seq}")
     if versions and (query.before_seq is not None or (query.after_seq is not None and more)):
-        links["previous"] = page_url(_cursor=f"a{versions[0].seq}")
+        links["previous"] = page_url(f"a{versions[0].seq}")
     return fhir_response(history_bundle(versions, links))
 
 

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
 
 import simplejson
 from sqlalchemy import (
@@ -31,6 +30,7 @@ from sqlalchemy.orm import Session, aliased
 
 from fhir_api.errors import BadRequest, Issue, operation_outcome
 from fhir_api.http import dumps
+from resources.bundles import link_url
 from resources.models import Resource, ResourceVersion
 from resources.registry import supported_types
 from resources.repository import Stored, stored_from_row
@@ -471,14 +471,6 @@ def run(session: Session, req: SearchRequest, ctx: SearchContext) -> SearchPage:
 
 
 # -- Bundle --------------------------------------------------------------------------------------------------
-def link_url(base: str, path: str, args: list[tuple[str, str]], cursor: str | None) -> str:
-    kept = [(k, v) for k, v in args if k != "_cursor"]
-    if cursor:
-        kept.append(("_cursor", cursor))
-    query = urlencode(kept)
-    return f"{base}{path}" + (f"?{query}" if query else "")
-
-
 def searchset_bundle(
     page: SearchPage, base: str, path: str, args: list[tuple[str, str]], render: Any = None
 ) -> str:
