@@ -7,9 +7,10 @@ transaction. Protected values (see the encryption issue) will be stored here onl
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Float, Index, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Float, Index, String, Text
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from fhir_api.db import Base, UTCDateTime
 
@@ -19,14 +20,22 @@ INDEXED_CHARS = 255
 
 
 class _IndexRow:
-    """Columns every index table shares."""
+    """Columns every index table shares.
 
-    row_id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
-    )
+    The tables have no key column (a surrogate key cost a sequence call and a btree insert per row, and
+    nothing addresses a row by itself). The ORM needs an identity, so the mapper treats the shared columns
+    as one; queries never rely on it, and a tie between a resource's rows is broken by the physical row id
+    (``rowid`` on SQLite, ``ctid`` on PostgreSQL).
+    """
+
     res_type: Mapped[str] = mapped_column(String(64), nullable=False)
     res_id: Mapped[str] = mapped_column(String(64), nullable=False)
     param: Mapped[str] = mapped_column(String(100), nullable=False)
+
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:
+        table = cls.__table__  # type: ignore[attr-defined]
+        return {"primary_key": [table.c.res_type, table.c.res_id, table.c.param]}
 
 
 class StringIndex(_IndexRow, Base):

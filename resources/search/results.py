@@ -19,6 +19,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -365,7 +366,7 @@ def _lead_sort(
     key = req.sort[0]
     param = params_for(req.res_type)[key.code]
     table = INDEX_TABLES[param.type]
-    d, d2, d3 = aliased(table), aliased(table), aliased(table)
+    d, d2, d3 = aliased(table, name="sort_d"), aliased(table, name="sort_d2"), aliased(table)
     name = ("high" if key.descending else "low") if param.type == "date" else SORT_COLUMNS[param.type]
 
     def column(alias: Any) -> ColumnElement[Any]:
@@ -389,7 +390,10 @@ def _lead_sort(
             d2.res_type == req.res_type,
             d2.res_id == d.res_id,
             d2.param == key.code,
-            or_(better, and_(col2 == col, d2.row_id < d.row_id)),
+            or_(
+                better,
+                and_(col2 == col, _physical_row_id("sort_d2", dialect) < _physical_row_id("sort_d", dialect)),
+            ),
         )
     )
     absent = ~exists(
@@ -401,6 +405,11 @@ def _lead_sort(
         )
     )
     return d, join_on, [extreme, col], absent
+
+
+def _physical_row_id(alias: str, dialect: str) -> ColumnElement[Any]:
+    """The storage engine's own row address: breaks ties between one resource's equal index rows."""
+    return literal_column(f"{alias}.{'ctid' if dialect == 'postgresql' else 'rowid'}")
 
 
 def _page_rows(

@@ -231,6 +231,15 @@ class TestSort:
             "s2",
         ]
 
+    def test_a_resource_with_several_equal_sort_values_appears_once(self, client):
+        # two index rows of one resource hold the same sort value: the physical row id breaks the tie
+        put(client, patient("twin", name=[{"given": ["Ann", "Ann"]}, {"given": ["ann"]}]))
+        put(client, patient("other", name=[{"given": ["Bea"]}]))
+        both = "Patient?_id=twin,other&_sort="
+        assert ids_of(bundle(client, both + "given")) == ["twin", "other"]
+        assert ids_of(bundle(client, both + "-given")) == ["other", "twin"]
+        assert pages(client, both + "given&_count=1") == [["twin"], ["other"]]
+
     def test_unknown_sort_parameter_is_400(self, sortable):
         assert "foo" in bad_request(sortable, "Patient?_sort=foo")["diagnostics"]
         bad_request(sortable, "Patient?_sort=-foo")
