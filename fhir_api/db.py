@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app, g
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import DateTime, Engine, Insert, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -145,15 +145,24 @@ def format_instant(t: datetime) -> str:
 
 
 @contextmanager
-def write_transaction(s: Session) -> Iterator[Session]:
-    """One writer transaction: commits on success, rolls back on any error (nothing half-written)."""
+def write_transaction(s: Session, *, single_batch: bool = False) -> Iterator[Session]:
+    """One writer transaction: commits on success, rolls back on any error (nothing half-written).
+
+    ``single_batch``: the caller's one ``execute_batch`` is the transaction's last statement, so on
+    PostgreSQL its COMMIT travels in the same round trip (the commit here then finds nothing left to do).
+    """
     if s.in_transaction():
         s.commit()  # end a read-only transaction opened earlier in the request
     with s.begin():
         s.connection(execution_options=WRITE)
-        yield s
+        s.info[_COMMIT_WITH_BATCH] = single_batch
+        try:
+            yield s
+        finally:
+            s.info.pop(_COMMIT_WITH_BATCH, None)
 
 
+_COMMIT_WITH_BATCH = "fhir_commit_with_batch"
 Batch = list[tuple[Any, list[dict[str, Any]]]]  # (Core DML statement, parameter rows)
 
 
@@ -166,26 +175,68 @@ def execute_batch(s: Session, batch: Batch) -> None:
     happens on the pipeline path.
     """
     conn = s.connection()
+    commit = s.info.get(_COMMIT_WITH_BATCH)
+    if commit is None and _COMMIT_WITH_BATCH in s.info:
+        raise RuntimeError("this write transaction was already committed with its single batch")
+    if commit:
+        s.info[_COMMIT_WITH_BATCH] = None  # a second batch would run outside the committed transaction
     if conn.dialect.name != "postgresql":
         for stmt, rows in batch:
             if rows:
                 conn.execute(stmt, rows)
         return
     raw = conn.connection.dbapi_connection
-    compiled = [(_pg_sql(stmt, conn.dialect, tuple(rows[0])), rows) for stmt, rows in batch if rows]
     import psycopg
 
     try:
         with raw.pipeline(), raw.cursor() as cur:  # type: ignore[union-attr]
-            for sql, rows in compiled:
-                cur.executemany(sql, rows)
+            for stmt, rows in batch:
+                if not rows:
+                    continue
+                first = rows[0]
+                if len(rows) == 1:
+                    cur.execute(_pg_sql(stmt, conn.dialect, tuple(first)), first)
+                    continue
+                same = tuple(k for k, v in first.items() if all(r[k] == v for r in rows))
+                varying = tuple(k for k in first if k not in same)
+                if varying and isinstance(stmt, Insert):
+                    params = [first[k] for k in same] + [[r[k] for r in rows] for k in varying]
+                    cur.execute(_pg_unnest_insert(stmt, conn.dialect, same, varying), params)
+                else:
+                    cur.executemany(_pg_sql(stmt, conn.dialect, tuple(first)), rows)
+            if commit:
+                cur.execute("COMMIT")
     except psycopg.errors.IntegrityError as exc:
         from sqlalchemy.exc import IntegrityError
 
         raise IntegrityError(str(exc.diag.message_primary), None, exc) from exc
 
 
-_PG_SQL: dict[tuple[Any, tuple[str, ...]], str] = {}
+_PG_SQL: dict[tuple[Any, ...], str] = {}
+
+
+def _pg_unnest_insert(stmt: Insert, dialect: Any, same: tuple[str, ...], varying: tuple[str, ...]) -> str:
+    """``INSERT ... SELECT FROM unnest(array per column)``: many rows in one statement of a fixed shape.
+
+    One execution instead of one per row: PostgreSQL plans and starts the executor once, which is most of
+    its cost for small rows, and the statement text does not vary with the row count (so it is prepared).
+    Columns equal in every row (the resource's type and id) are sent once, as scalars.
+    """
+    cache_key = ("unnest", stmt, same, varying)
+    sql = _PG_SQL.get(cache_key)
+    if sql is None:
+        table = stmt.table
+
+        def typed(k: str, suffix: str = "") -> str:
+            return f"%s::{table.c[k].type.compile(dialect=dialect)}{suffix}"
+
+        columns = ", ".join(dialect.identifier_preparer.quote(k) for k in same + varying)
+        scalars = "".join(typed(k) + ", " for k in same)
+        arrays = ", ".join(typed(k, "[]") for k in varying)
+        name = dialect.identifier_preparer.format_table(table)
+        sql = f"INSERT INTO {name} ({columns}) SELECT {scalars}u.* FROM unnest({arrays}) AS u"
+        _PG_SQL[cache_key] = sql
+    return sql
 
 
 def _pg_sql(stmt: Any, dialect: Any, keys: tuple[str, ...]) -> str:

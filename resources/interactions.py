@@ -102,7 +102,7 @@ def create(repo: ResourceRepository, res_type: str, resource: dict[str, Any]) ->
     _check_body_type(resource, res_type)
     res_id = new_id()  # a client-supplied id is ignored on create, as the spec requires
     _prevalidate(resource, res_type, res_id)
-    with db.write_transaction(repo.session):
+    with db.write_transaction(repo.session, single_batch=True):
         return _store(repo, None, res_type, res_id, 1, "POST", resource)
 
 
@@ -146,7 +146,7 @@ def update(
         raise BadRequest("The id in the body differs from the id in the URL", expression=f"{res_type}.id")
     _prevalidate(resource, res_type, res_id)
     try:
-        with db.write_transaction(repo.session):
+        with db.write_transaction(repo.session, single_batch=True):
             return _update_locked(repo, res_type, res_id, resource, if_match, update_create)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
@@ -183,7 +183,7 @@ def patch(
 ) -> Stored:
     check_type(res_type)
     try:
-        with db.write_transaction(repo.session):
+        with db.write_transaction(repo.session, single_batch=True):
             current = repo.current(res_type, res_id, lock=True)
             if current is None:
                 raise NotFound(f"{res_type}/{res_id} is not known")
@@ -212,7 +212,7 @@ def delete(repo: ResourceRepository, res_type: str, res_id: str) -> Stored:
     """Logical delete: a new, empty version. Deleting a deleted resource changes nothing."""
     check_type(res_type)
     try:
-        with db.write_transaction(repo.session):
+        with db.write_transaction(repo.session, single_batch=True):
             return _delete_locked(repo, res_type, res_id)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
@@ -261,7 +261,7 @@ def conditional_create(
     _check_body_type(resource, res_type)
     res_id = new_id()
     _prevalidate(resource, res_type, res_id)
-    with db.write_transaction(repo.session):
+    with db.write_transaction(repo.session, single_batch=True):
         found = _matches(repo, res_type, criteria, 2)
         if len(found) > 1:
             raise PreconditionFailed("The If-None-Exist criteria match more than one resource")
@@ -286,7 +286,7 @@ def conditional_update(
     body_id = resource.get("id")
     _prevalidate(resource, res_type, body_id or "placeholder")
     try:
-        with db.write_transaction(repo.session):
+        with db.write_transaction(repo.session, single_batch=True):
             found = _matches(repo, res_type, criteria, 2)
             if len(found) > 1:
                 raise PreconditionFailed("The conditional update criteria match more than one resource")
