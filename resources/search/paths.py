@@ -526,15 +526,32 @@ def compile_expression(expression: str) -> Accessor:
     ``node`` is part of one: it resolves ``#contained`` references and FHIRPath's ``%resource``."""
     if not expression.strip():
         raise ValueError("empty search-parameter expression")
+    idiom = _PRESENT_AND_NOT_FALSE.match(expression.strip())
+    if idiom:
+        return _present_and_not_false(_direct(idiom["path"]))
     try:
         return _direct(expression)
     except Unsupported:
         return _fallback(expression)
 
 
+# ``X.exists() and X != false`` (Patient.deceased): true for deceasedBoolean true or any deceasedDateTime.
+_PRESENT_AND_NOT_FALSE = re.compile(r"^(?P<path>[A-Za-z][\w.]*)\.exists\(\) and (?P=path) != false$")
+
+
+def _present_and_not_false(inner: Accessor) -> Accessor:
+    def accessor(node: Any, resource: Any = None) -> list[Any]:
+        found = inner(node, resource)
+        return [bool(found) and found != [False]]
+
+    return accessor
+
+
 @lru_cache(maxsize=4096)
 def is_compiled(expression: str) -> bool:
     """True when the expression runs as direct dict lookups, False when it needs fhirpathpy."""
+    if _PRESENT_AND_NOT_FALSE.match(expression.strip()):
+        return True
     try:
         _direct(expression)
     except Unsupported:

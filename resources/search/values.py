@@ -27,8 +27,11 @@ _REFERENCE = re.compile(r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{
 
 def normalize_text(value: str) -> str:
     """Case- and accent-insensitive form: 'Émile  Zola' -> 'emile zola'."""
-    decomposed = unicodedata.normalize("NFKD", value)
-    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    if value.isascii():  # the common case: nothing to decompose or strip
+        stripped = value
+    else:
+        decomposed = unicodedata.normalize("NFKD", value)
+        stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return _SPACES.sub(" ", stripped.casefold()).strip()[:INDEXED_CHARS]
 
 
