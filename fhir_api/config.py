@@ -25,6 +25,10 @@ DEFAULTS: dict[str, Any] = {
     "UPDATE_CREATE": True,  # PUT to an unknown id creates it with the client's id (as HAPI does)
     "CONDITIONAL_DELETE_MULTIPLE": False,  # DELETE Type?criteria may delete several matches
     "CONDITIONAL_DELETE_LIMIT": 100,
+    # Authorization (SMART). The signing key has no default: `make demo` creates one under var/keys/.
+    "AUTH_SIGNING_KEY_FILE": None,
+    "AUTH_TOKEN_LIFETIME": 300,  # seconds, at most 300
+    "AUTH_JWKS_ALLOW_PRIVATE": False,  # let client JWKS URLs point at private addresses (tests, demo)
     # Benchmarks only: false writes resources without search-index rows (searches then miss them).
     "SEARCH_INDEXING": True,
     "DEFAULT_PAGE_SIZE": 50,

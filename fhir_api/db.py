@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,10 @@ def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "checkin")
     def _on_checkin(dbapi_conn: Any, _record: Any) -> None:
         # Keeps planner statistics in step with table sizes: stale ones (taken when a table was tiny) make
-        # SQLite pick plans that are orders of magnitude slower. Cheap when nothing changed.
-        dbapi_conn.execute("PRAGMA optimize")
+        # SQLite pick plans that are orders of magnitude slower. Cheap when nothing changed; best effort
+        # (it may need the write lock, and a busy database must not fail the request that returns here).
+        with suppress(sqlite3.OperationalError):
+            dbapi_conn.execute("PRAGMA optimize")
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from flask import current_app
 
 from fhir_api import db
+from fhir_api.auth.discovery import capability_security
 from fhir_api.http import base_url
 from resources.registry import supported_types
 from resources.search.definitions import params_for
@@ -73,6 +74,7 @@ def capability_statement() -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
+                "security": capability_security(),
                 "resource": resources,
                 "interaction": [{"code": c} for c in SYSTEM_ORDER if c in found["system"]],
             }

@@ -14,8 +14,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fhir_api import db
-from fhir_api.errors import BadRequest, Conflict, Gone, NotFound, PreconditionFailed
+from fhir_api.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, PreconditionFailed
 from resources import jsonio
+from resources.access import UNRESTRICTED, Access
 from resources.patching import json_patch, merge_patch
 from resources.registry import check_type
 from resources.repository import HistoryQuery, ResourceRepository, Stored
@@ -98,29 +99,51 @@ def _integrity_conflict(exc: IntegrityError) -> Conflict:
     return Conflict("The resource was changed concurrently; retry the request")
 
 
-def create(repo: ResourceRepository, res_type: str, resource: dict[str, Any]) -> Stored:
+def _require_reach(repo: ResourceRepository, access: Access, res_type: str, res_id: str, action: str) -> None:
+    """404 for a resource outside the token's reach: its existence is not disclosed."""
+    if access.narrowed and not access.visible(repo.session, res_type, res_id, action):
+        raise NotFound(f"{res_type}/{res_id} is not known")
+
+
+def _require_reach_after(
+    repo: ResourceRepository, access: Access, res_type: str, res_id: str, action: str
+) -> None:
+    """Inside the write transaction: the written resource must still be within reach (else roll back)."""
+    if access.narrowed and not access.visible(repo.session, res_type, res_id, action):
+        raise Forbidden(f"The access token may not write a {res_type} outside the patients it is limited to")
+
+
+def create(
+    repo: ResourceRepository, res_type: str, resource: dict[str, Any], access: Access = UNRESTRICTED
+) -> Stored:
     _check_body_type(resource, res_type)
     res_id = new_id()  # a client-supplied id is ignored on create, as the spec requires
     _prevalidate(resource, res_type, res_id)
-    with db.write_transaction(repo.session, single_batch=True):
-        return _store(repo, None, res_type, res_id, 1, "POST", resource)
+    with db.write_transaction(repo.session, single_batch=not access.narrowed):
+        stored = _store(repo, None, res_type, res_id, 1, "POST", resource)
+        _require_reach_after(repo, access, res_type, res_id, "c")
+        return stored
 
 
-def read(repo: ResourceRepository, res_type: str, res_id: str) -> Stored:
+def read(repo: ResourceRepository, res_type: str, res_id: str, access: Access = UNRESTRICTED) -> Stored:
     check_type(res_type)
     found = repo.read(res_type, res_id)
     if found is None:
         raise NotFound(f"{res_type}/{res_id} is not known")
+    _require_reach(repo, access, res_type, res_id, "r")
     if found.deleted:
         raise Gone(f"{res_type}/{res_id} was deleted", headers={"ETag": f'W/"{found.version}"'})
     return found
 
 
-def vread(repo: ResourceRepository, res_type: str, res_id: str, version: int) -> Stored:
+def vread(
+    repo: ResourceRepository, res_type: str, res_id: str, version: int, access: Access = UNRESTRICTED
+) -> Stored:
     check_type(res_type)
     found = repo.vread(res_type, res_id, version)
     if found is None:
         raise NotFound(f"{res_type}/{res_id} has no version {version}")
+    _require_reach(repo, access, res_type, res_id, "r")
     if found.deleted:
         raise Gone(f"Version {version} of {res_type}/{res_id} is a deletion")
     return found
@@ -134,6 +157,7 @@ def update(
     *,
     if_match: int | None,
     update_create: bool,
+    access: Access = UNRESTRICTED,
 ) -> tuple[Stored, bool]:
     """Returns the new version and whether it was created (update-as-create)."""
     _check_body_type(resource, res_type)
@@ -146,8 +170,8 @@ def update(
         raise BadRequest("The id in the body differs from the id in the URL", expression=f"{res_type}.id")
     _prevalidate(resource, res_type, res_id)
     try:
-        with db.write_transaction(repo.session, single_batch=True):
-            return _update_locked(repo, res_type, res_id, resource, if_match, update_create)
+        with db.write_transaction(repo.session, single_batch=not access.narrowed):
+            return _update_locked(repo, res_type, res_id, resource, if_match, update_create, access)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
 
@@ -159,6 +183,7 @@ def _update_locked(
     resource: dict[str, Any],
     if_match: int | None,
     update_create: bool,
+    access: Access = UNRESTRICTED,
 ) -> tuple[Stored, bool]:
     """The update itself, inside the caller's write transaction."""
     current = repo.current(res_type, res_id, lock=True)
@@ -167,9 +192,16 @@ def _update_locked(
             raise PreconditionFailed(f"If-Match given but {res_type}/{res_id} does not exist")
         if not update_create:
             raise NotFound(f"{res_type}/{res_id} does not exist and update-as-create is disabled")
-        return _store(repo, None, res_type, res_id, 1, "PUT", resource), True
+        access.require(res_type, "c")
+        stored = _store(repo, None, res_type, res_id, 1, "PUT", resource)
+        _require_reach_after(repo, access, res_type, res_id, "c")
+        return stored, True
+    if not current.deleted:
+        _require_reach(repo, access, res_type, res_id, "u")
     _check_if_match(if_match, current.version)
-    return _store(repo, current, res_type, res_id, current.version + 1, "PUT", resource), False
+    stored = _store(repo, current, res_type, res_id, current.version + 1, "PUT", resource)
+    _require_reach_after(repo, access, res_type, res_id, "u")
+    return stored, False
 
 
 def patch(
@@ -180,13 +212,15 @@ def patch(
     *,
     merge: bool,
     if_match: int | None,
+    access: Access = UNRESTRICTED,
 ) -> Stored:
     check_type(res_type)
     try:
-        with db.write_transaction(repo.session, single_batch=True):
+        with db.write_transaction(repo.session, single_batch=not access.narrowed):
             current = repo.current(res_type, res_id, lock=True)
             if current is None:
                 raise NotFound(f"{res_type}/{res_id} is not known")
+            _require_reach(repo, access, res_type, res_id, "u")
             if current.deleted:
                 raise Gone(f"{res_type}/{res_id} was deleted")
             _check_if_match(if_match, current.version)
@@ -203,16 +237,19 @@ def patch(
                 raise BadRequest("A patch may not change resourceType or id")
             version = current.version + 1
             validate(stamp(patched, res_type, res_id, version, db.now()), res_type)
-            return _store(repo, current, res_type, res_id, version, "PATCH", patched)
+            stored = _store(repo, current, res_type, res_id, version, "PATCH", patched)
+            _require_reach_after(repo, access, res_type, res_id, "u")
+            return stored
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
 
 
-def delete(repo: ResourceRepository, res_type: str, res_id: str) -> Stored:
+def delete(repo: ResourceRepository, res_type: str, res_id: str, access: Access = UNRESTRICTED) -> Stored:
     """Logical delete: a new, empty version. Deleting a deleted resource changes nothing."""
     check_type(res_type)
     try:
         with db.write_transaction(repo.session, single_batch=True):
+            _require_reach(repo, access, res_type, res_id, "d")
             return _delete_locked(repo, res_type, res_id)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
@@ -245,31 +282,42 @@ def search(session: Session, req: SearchRequest, ctx: SearchContext) -> SearchPa
 
 # -- conditional interactions (http://hl7.org/fhir/R4/http.html#ccreate) -----------------------------------
 def _matches(
-    repo: ResourceRepository, res_type: str, criteria: list[tuple[str, str]], limit: int
+    repo: ResourceRepository,
+    res_type: str,
+    criteria: list[tuple[str, str]],
+    limit: int,
+    access: Access = UNRESTRICTED,
 ) -> list[str]:
-    """Ids matching the criteria, inside the caller's transaction, after taking the criteria's lock."""
+    """Ids matching the criteria among those within reach, inside the caller's transaction, after taking
+    the criteria's lock."""
     if not [name for name, _ in criteria if name not in ("_format", "_pretty")]:
         raise BadRequest("A conditional interaction needs search criteria")
     lock_criteria(repo.session, res_type, criteria)
-    return match_ids(repo.session, res_type, criteria, limit)
+    return match_ids(repo.session, res_type, criteria, limit, access)
 
 
 def conditional_create(
-    repo: ResourceRepository, res_type: str, resource: dict[str, Any], criteria: list[tuple[str, str]]
+    repo: ResourceRepository,
+    res_type: str,
+    resource: dict[str, Any],
+    criteria: list[tuple[str, str]],
+    access: Access = UNRESTRICTED,
 ) -> tuple[Stored, bool]:
     """0 matches: create (True); 1 match: that resource, untouched (False); several: 412."""
     _check_body_type(resource, res_type)
     res_id = new_id()
     _prevalidate(resource, res_type, res_id)
-    with db.write_transaction(repo.session, single_batch=True):
-        found = _matches(repo, res_type, criteria, 2)
+    with db.write_transaction(repo.session, single_batch=not access.narrowed):
+        found = _matches(repo, res_type, criteria, 2, access)
         if len(found) > 1:
             raise PreconditionFailed("The If-None-Exist criteria match more than one resource")
         if found:
             existing = repo.read(res_type, found[0])
             assert existing is not None
             return existing, False
-        return _store(repo, None, res_type, res_id, 1, "POST", resource), True
+        stored = _store(repo, None, res_type, res_id, 1, "POST", resource)
+        _require_reach_after(repo, access, res_type, res_id, "c")
+        return stored, True
 
 
 def conditional_update(
@@ -280,14 +328,15 @@ def conditional_update(
     *,
     if_match: int | None,
     update_create: bool,
+    access: Access = UNRESTRICTED,
 ) -> tuple[Stored, bool]:
     """1 match: update it; 0: create (with the body's id if given); several: 412."""
     _check_body_type(resource, res_type)
     body_id = resource.get("id")
     _prevalidate(resource, res_type, body_id or "placeholder")
     try:
-        with db.write_transaction(repo.session, single_batch=True):
-            found = _matches(repo, res_type, criteria, 2)
+        with db.write_transaction(repo.session, single_batch=not access.narrowed):
+            found = _matches(repo, res_type, criteria, 2, access)
             if len(found) > 1:
                 raise PreconditionFailed("The conditional update criteria match more than one resource")
             if found:
@@ -296,24 +345,35 @@ def conditional_update(
                         "The id in the body differs from the resource the criteria match",
                         expression=f"{res_type}.id",
                     )
-                return _update_locked(repo, res_type, found[0], {**resource, "id": found[0]}, if_match, True)
+                matched = {**resource, "id": found[0]}
+                return _update_locked(repo, res_type, found[0], matched, if_match, True, access)
             if if_match is not None:
                 raise PreconditionFailed("If-Match given but no resource matches the criteria")
             if body_id is not None:
-                return _update_locked(repo, res_type, body_id, resource, None, update_create)
-            return _store(repo, None, res_type, new_id(), 1, "PUT", resource), True
+                return _update_locked(repo, res_type, body_id, resource, None, update_create, access)
+            access.require(res_type, "c")
+            new = new_id()
+            stored = _store(repo, None, res_type, new, 1, "PUT", resource)
+            _require_reach_after(repo, access, res_type, new, "c")
+            return stored, True
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
 
 
 def conditional_delete(
-    repo: ResourceRepository, res_type: str, criteria: list[tuple[str, str]], *, multiple: bool, limit: int
+    repo: ResourceRepository,
+    res_type: str,
+    criteria: list[tuple[str, str]],
+    *,
+    multiple: bool,
+    limit: int,
+    access: Access = UNRESTRICTED,
 ) -> list[Stored]:
     """Delete what the criteria match: one, or (when enabled) up to ``limit``; several otherwise 412."""
     check_type(res_type)
     try:
         with db.write_transaction(repo.session):
-            found = _matches(repo, res_type, criteria, limit + 1 if multiple else 2)
+            found = _matches(repo, res_type, criteria, limit + 1 if multiple else 2, access)
             if not found:
                 raise NotFound(f"No {res_type} matches the conditional delete criteria")
             if len(found) > 1 and not multiple:

@@ -42,6 +42,7 @@ class HistoryQuery:
     at: DateRange | None = None
     before_seq: int | None = None  # next page: versions older than this
     after_seq: int | None = None  # previous page: versions newer than this
+    visible: Any = None  # (resource alias, res_type or None) -> SQL condition, or None: all visible
 
 
 _COLUMNS = (
@@ -205,6 +206,13 @@ class ResourceRepository:
                 later.last_updated <= q.at.low,
             )
             stmt = stmt.where(rv.last_updated < q.at.high, ~superseded)
+        if q.visible is not None:  # only versions of resources the caller may see now
+            current = aliased(Resource)
+            condition = q.visible(current, q.res_type)
+            if condition is not None:
+                stmt = stmt.where(
+                    exists().where(current.res_type == rv.res_type, current.res_id == rv.res_id, condition)
+                )
         if q.after_seq is not None:
             stmt = stmt.where(rv.seq > q.after_seq).order_by(rv.seq.asc())
         else:

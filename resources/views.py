@@ -6,11 +6,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from flask import current_app, request
+from flask import current_app, g, request
 from flask_smorest import Blueprint
 from werkzeug.routing import BaseConverter
 
 from fhir_api import db
+from fhir_api.auth.discovery import smart_configuration as smart_configuration_document
 from fhir_api.errors import BadRequest, Issue, NotFound, operation_outcome
 from fhir_api.http import (
     JSON,
@@ -27,6 +28,7 @@ from fhir_api.http import (
     require_json_body,
 )
 from resources import interactions, jsonio
+from resources.access import Access
 from resources.bundles import history_bundle, page_url
 from resources.capability import capability_statement
 from resources.dates import parse_range
@@ -68,6 +70,11 @@ def interaction(code: str, level: str) -> Callable[[F], F]:
 @blp.before_request
 def _negotiate() -> None:
     negotiate_response_type()  # 406 before any work
+
+
+def _access() -> Access:
+    """The request's access, set by fhir_api.auth's guard; none (nothing visible) if it did not run."""
+    return getattr(g, "access", None) or Access()
 
 
 def _repo() -> ResourceRepository:
@@ -118,6 +125,12 @@ def capabilities():
     return fhir_response(capability_statement(), headers={"Cache-Control": "public, max-age=300"})
 
 
+@blp.route("/.well-known/smart-configuration", methods=["GET"])
+def smart_configuration():
+    """SMART on FHIR discovery: where to get tokens and what this server supports."""
+    return fhir_response(smart_configuration_document(), headers={"Cache-Control": "public, max-age=300"})
+
+
 def _criteria() -> list[tuple[str, str]]:
     """Conditional-interaction criteria: the URL's query (as fhirpy sends) or ``If-None-Exist``."""
     criteria = [(k, v) for k, v in request.args.items(multi=True) if k not in ("_format", "_pretty")]
@@ -135,11 +148,11 @@ def create(res_type: str):
     body = _resource_body()
     criteria = _criteria()
     if criteria:
-        stored, created = interactions.conditional_create(_repo(), res_type, body, criteria)
+        stored, created = interactions.conditional_create(_repo(), res_type, body, criteria, _access())
         if not created:
             return _write_response(stored, 200, f"{res_type}/{stored.res_id} already matches the criteria")
     else:
-        stored = interactions.create(_repo(), res_type, body)
+        stored = interactions.create(_repo(), res_type, body, _access())
     return _write_response(stored, 201, f"Created {res_type}/{stored.res_id}")
 
 
@@ -154,6 +167,7 @@ def conditional_update(res_type: str):
         _criteria(),
         if_match=parse_etag(request.headers.get("If-Match")),
         update_create=bool(current_app.config.get("UPDATE_CREATE", True)),
+        access=_access(),
     )
     return _update_response(stored, created)
 
@@ -169,6 +183,7 @@ def conditional_delete(res_type: str):
         _criteria(),
         multiple=bool(cfg.get("CONDITIONAL_DELETE_MULTIPLE")),
         limit=int(cfg.get("CONDITIONAL_DELETE_LIMIT", 100)),
+        access=_access(),
     )
     names = ", ".join(f"{s.res_type}/{s.res_id}" for s in deleted)
     body = operation_outcome(
@@ -182,7 +197,7 @@ def conditional_delete(res_type: str):
 @interaction("read", "instance")
 def read(res_type: str, res_id: str):
     """Read the current version."""
-    stored = interactions.read(_repo(), res_type, res_id)
+    stored = interactions.read(_repo(), res_type, res_id, _access())
     return _resource_response(stored)
 
 
@@ -192,7 +207,7 @@ def vread(res_type: str, res_id: str, version_id: str):
     """Read one version."""
     if not version_id.isdigit():
         raise NotFound(f"{res_type}/{res_id} has no version '{version_id}'")
-    stored = interactions.vread(_repo(), res_type, res_id, int(version_id))
+    stored = interactions.vread(_repo(), res_type, res_id, int(version_id), _access())
     return _resource_response(stored)
 
 
@@ -216,6 +231,7 @@ def update(res_type: str, res_id: str):
         _resource_body(),
         if_match=parse_etag(request.headers.get("If-Match")),
         update_create=bool(current_app.config.get("UPDATE_CREATE", True)),
+        access=_access(),
     )
     return _update_response(stored, created)
 
@@ -234,6 +250,7 @@ def patch(res_type: str, res_id: str):
         document,
         merge=merge,
         if_match=parse_etag(request.headers.get("If-Match")),
+        access=_access(),
     )
     return _write_response(stored, 200, f"Patched {res_type}/{res_id} to version {stored.version}")
 
@@ -242,7 +259,7 @@ def patch(res_type: str, res_id: str):
 @interaction("delete", "instance")
 def delete(res_type: str, res_id: str):
     """Logical delete; repeating it is harmless."""
-    stored = interactions.delete(_repo(), res_type, res_id)
+    stored = interactions.delete(_repo(), res_type, res_id, _access())
     body = operation_outcome(
         [Issue(f"Deleted {res_type}/{res_id}", code="informational", severity="information")], "informational"
     )
@@ -265,7 +282,9 @@ def _history_query(res_type: str | None = None, res_id: str | None = None) -> Hi
         if len(cursor) < 2 or cursor[0] not in "ba" or not cursor[1:].isdigit():
             raise BadRequest("_cursor is not a paging cursor issued by this server", expression="_cursor")
         before, after = (int(cursor[1:]), None) if cursor[0] == "b" else (None, int(cursor[1:]))
+    action = "r" if res_id else "s"
     return HistoryQuery(
+        visible=_access().history_condition(SearchContext(session=db.session()), action),
         limit=limit,
         res_type=res_type,
         res_id=res_id,
@@ -307,7 +326,10 @@ def history_instance(res_type: str, res_id: str):
     """History of one resource."""
     check_type(res_type)
     query = _history_query(res_type, res_id)
-    if _repo().current(res_type, res_id) is None:
+    access = _access()
+    if _repo().current(res_type, res_id) is None or (
+        access.narrowed and not access.visible(db.session(), res_type, res_id, "r")
+    ):
         raise NotFound(f"{res_type}/{res_id} is not known")
     return _history_response(query)
 
@@ -349,7 +371,10 @@ def _search_response(res_type: str | None, path: str, compartment: tuple[str, st
     )
     req.compartment = compartment
     ctx = SearchContext(
-        session=db.session(), base_url=base_url(), strict=parse_prefer().get("handling") == "strict"
+        session=db.session(),
+        base_url=base_url(),
+        strict=parse_prefer().get("handling") == "strict",
+        access=_access(),
     )
     page = interactions.search(db.session(), req, ctx)
     return fhir_response(searchset_bundle(page, base_url(), path, args, render))

@@ -13,11 +13,27 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from fhir_api import create_app
+from fhir_api.auth.keys import generate_signing_key_file
 from fhir_api.config import normalise_database_url
 from fhir_api.db import Base, make_engine
 from fhir_api.migrate import upgrade
+from tests.helpers import authorized_client
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fhir-r4"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One token-signing key for the run, given to every app through the environment."""
+    path = tmp_path_factory.mktemp("keys") / "signing.jwk"
+    generate_signing_key_file(path)
+    previous = os.environ.get("FHIR_AUTH_SIGNING_KEY_FILE")
+    os.environ["FHIR_AUTH_SIGNING_KEY_FILE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("FHIR_AUTH_SIGNING_KEY_FILE", None)
+    else:
+        os.environ["FHIR_AUTH_SIGNING_KEY_FILE"] = previous
 
 
 @pytest.fixture(scope="session")
@@ -72,4 +88,11 @@ def app(database_url: str):
 
 @pytest.fixture
 def client(app):
+    """A client presenting a system/*.* token (tests of authorization build their own)."""
+    return authorized_client(app)
+
+
+@pytest.fixture
+def anonymous(app):
+    """A client without any token."""
     return app.test_client()

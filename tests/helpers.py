@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+from flask.testing import FlaskClient
 
 FHIR = "application/fhir+json"
 
@@ -28,3 +31,87 @@ def issue(resp, index: int = 0) -> dict[str, Any]:
     body = resp.get_json(force=True)
     assert body["resourceType"] == "OperationOutcome", body
     return body["issue"][index]
+
+
+# -- access tokens -------------------------------------------------------------------------------------------
+def mint_token(
+    app,
+    *,
+    scope: str = "system/*.*",
+    role: str = "clinical-system",
+    client_id: str = "test-client",
+    **context: Any,
+) -> str:
+    """An access token signed by the app's key, as its token endpoint would issue it (no client needed)."""
+    from fhir_api.auth import tokens
+
+    with app.test_request_context():
+        token, _ = tokens.issue(client_id=client_id, role=role, scope=scope, **context)
+    return token
+
+
+class AuthorizedClient(FlaskClient):
+    """A test client that presents a fresh access token on every request (explicit headers still win)."""
+
+    def __init__(self, *args: Any, token_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.token_kwargs = token_kwargs or {}
+        self._token = ""
+        self._minted = float("-inf")
+
+    def open(self, *args: Any, **kwargs: Any):
+        if time.monotonic() - self._minted > 120:  # tokens live 300 s; long fixtures outlive one
+            self._token = mint_token(self.application, **self.token_kwargs)
+            self._minted = time.monotonic()
+        self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {self._token}"
+        return super().open(*args, **kwargs)
+
+
+def authorized_client(app, **token_kwargs: Any) -> AuthorizedClient:
+    """A client with a ``system/*.*`` clinical-system token unless told otherwise."""
+    return AuthorizedClient(app, app.response_class, use_cookies=True, token_kwargs=token_kwargs)
+
+
+# -- registered backend clients (private_key_jwt) ------------------------------------------------------------
+def new_client_key(alg: str = "ES384"):
+    """A client key pair: (private JWK, public JWK Set) for RS384/ES384-style algorithms."""
+    from joserfc.jwk import ECKey, RSAKey
+
+    curves = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+    key = ECKey.generate_key(curves[alg]) if alg in curves else RSAKey.generate_key(2048)
+    key.ensure_kid()
+    return key, {"keys": [{**key.as_dict(private=False), "alg": alg}]}
+
+
+def client_assertion(key, client_id: str, token_url: str, alg: str = "ES384", **overrides: Any) -> str:
+    """A signed client assertion as SMART Backend Services clients send it; ``overrides`` edit claims
+    (a None value removes the claim) or, under ``header``, the JOSE header."""
+    import uuid
+
+    from joserfc import jwt
+
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": token_url,
+        "exp": now + 240,
+        "jti": uuid.uuid4().hex,
+    }
+    header: dict[str, Any] = {"alg": alg, "kid": key.kid, "typ": "JWT"}
+    header.update(overrides.pop("header", {}))
+    for name, value in overrides.items():
+        if value is None:
+            claims.pop(name, None)
+        else:
+            claims[name] = value
+    return jwt.encode(header, claims, key, algorithms=[header["alg"]])
+
+
+def register_client(app, *, role: str = "clinical-system", scope: str = "system/*.*", **fields: Any) -> str:
+    """Register a client straight in the registry (as `fhir-api clients add` does); returns its id."""
+    from fhir_api.auth.clients import Registration, add_client
+    from fhir_api.db import new_session
+
+    with app.app_context(), new_session() as s:
+        return add_client(s, Registration(name=f"test {role}", role=role, scope=scope, **fields)).client_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import fhir_api.auth.models  # noqa: F401
 import resources.models
 import resources.search.models  # noqa: F401
 from fhir_api.db import Base

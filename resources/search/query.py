@@ -76,6 +76,7 @@ class SearchContext:
     base_url: str = ""
     strict: bool = False
     ignored: list[str] = field(default_factory=list)
+    access: Any = None  # resources.access.Access: what the request's token may see (None: no token)
 
 
 # -- value syntax ------------------------------------------------------------------------------------------

@@ -244,25 +244,37 @@ def _page_query(session: Session, req: SearchRequest, ctx: SearchContext):
     outer = aliased(Resource)
     dialect = session.get_bind().dialect.name
     conditions: list[ColumnElement[bool]] = [outer.deleted.is_(False)]
+    access = ctx.access
     if req.res_type:
         conditions.append(outer.res_type == req.res_type)
         if req.compartment:
             conditions.append(compartment_clause(*req.compartment, req.res_type, outer))
         conditions += build_filters(ctx, req.res_type, outer, req.filters)
+        allowed = access.clause(ctx, req.res_type, outer) if access is not None else None
+        if allowed is not None:
+            conditions.append(allowed)
     else:
         types = req.types or supported_types()
         per_type = []
+        restricted = access is not None and not access.unrestricted
         for res_type in types:
             clauses = build_filters(ctx, res_type, outer, req.filters)
+            if restricted:
+                if not access.permits(res_type, "s"):
+                    continue
+                allowed = access.clause(ctx, res_type, outer)
+                if allowed is not None:
+                    clauses.append(allowed)
             per_type.append(
                 and_(outer.res_type == res_type, *clauses) if clauses else outer.res_type == res_type
             )
         if (
             not any(name.partition(":")[0] not in RESULT_PARAMETERS for name, _ in req.filters)
             and not req.types
+            and not restricted
         ):
             per_type = [true()]
-        conditions.append(or_(*per_type))
+        conditions.append(or_(*per_type) if per_type else false())
         ctx.ignored = sorted(set(ctx.ignored))
     keys: list[tuple[ColumnElement[Any], bool, bool]] = []  # (expression, descending, nullable)
     for key in req.sort:  # in the order given; (type, id) always closes the order so pages are stable
@@ -276,16 +288,29 @@ def _page_query(session: Session, req: SearchRequest, ctx: SearchContext):
     return outer, conditions, keys
 
 
-def _fetch(session: Session, pairs: Sequence[tuple[str, str]]) -> list[Stored]:
-    """Current versions of (type, id) pairs in one query, in the order given."""
+def _fetch(
+    session: Session, pairs: Sequence[tuple[str, str]], ctx: SearchContext | None = None
+) -> list[Stored]:
+    """Current versions of (type, id) pairs in one query, in the order given; with ``ctx``, only those
+    its access allows (included resources pass the same checks as matches)."""
     if not pairs:
         return []
     r, v = aliased(Resource), aliased(ResourceVersion)
-    rows = session.execute(
+    stmt = (
         select(v)
         .join(r, and_(r.res_type == v.res_type, r.res_id == v.res_id, r.version == v.version))
         .where(tuple_(r.res_type, r.res_id).in_(list(pairs)), r.deleted.is_(False))
-    ).scalars()
+    )
+    access = ctx.access if ctx is not None else None
+    if access is not None and not access.unrestricted:
+        per_type = []
+        for res_type in dict.fromkeys(t for t, _ in pairs):
+            allowed = access.clause(ctx, res_type, r, "r")
+            per_type.append(
+                and_(r.res_type == res_type, allowed) if allowed is not None else r.res_type == res_type
+            )
+        stmt = stmt.where(or_(*per_type))
+    rows = session.execute(stmt).scalars()
     found = {(row.res_type, row.res_id): stored_from_row(row) for row in rows}
     return [found[p] for p in pairs if p in found]
 
@@ -295,7 +320,9 @@ def _count(session: Session, outer: Any, conditions: list[ColumnElement[bool]]) 
     return int(session.execute(select(func.count()).select_from(outer).where(*conditions)).scalar_one())
 
 
-def _included(session: Session, matches: list[Stored], req: SearchRequest) -> tuple[list[Stored], bool]:
+def _included(
+    session: Session, matches: list[Stored], req: SearchRequest, ctx: SearchContext
+) -> tuple[list[Stored], bool]:
     seen = {(s.res_type, s.res_id) for s in matches}
     found: list[Stored] = []
     frontier = matches
@@ -328,11 +355,11 @@ def _included(session: Session, matches: list[Stored], req: SearchRequest) -> tu
         fresh = list(dict.fromkeys(p for p in wanted if p not in seen))
         if len(found) + len(fresh) > MAX_INCLUDED:
             fresh = fresh[: MAX_INCLUDED - len(found)]
-            batch = _fetch(session, fresh)
+            batch = _fetch(session, fresh, ctx)
             found += batch
             return found, True
         seen.update(fresh)
-        batch = _fetch(session, fresh)
+        batch = _fetch(session, fresh, ctx)
         found += batch
         frontier = batch
     return found, False
@@ -474,7 +501,7 @@ def run(session: Session, req: SearchRequest, ctx: SearchContext) -> SearchPage:
     next_cursor = encode_cursor("n", list(rows[-1][2:])) if rows and has_next else None
     prev_cursor = encode_cursor("p", list(rows[0][2:])) if rows and has_prev else None
     included, truncated = (
-        _included(session, matches, req) if (req.includes or req.revincludes) else ([], False)
+        _included(session, matches, req, ctx) if (req.includes or req.revincludes) else ([], False)
     )
     return SearchPage(matches, included, total, next_cursor, prev_cursor, ctx.ignored, truncated)
 
@@ -522,11 +549,15 @@ def searchset_bundle(
 
 
 # -- conditional interactions -------------------------------------------------------------------------------
-def match_ids(session: Session, res_type: str, criteria: list[tuple[str, str]], limit: int) -> list[str]:
-    """Ids of current resources matching criteria (strict: unknown parameters are errors, never ignored)."""
+def match_ids(
+    session: Session, res_type: str, criteria: list[tuple[str, str]], limit: int, access: Any = None
+) -> list[str]:
+    """Ids of current resources matching criteria (strict: unknown parameters are errors, never ignored)
+    among those ``access`` lets the caller see."""
     req = parse_request(res_type, criteria, default_count=limit, max_count=limit)
     req.count, req.sort, req.cursor, req.total = limit, [], None, "none"
-    outer, conditions, _keys = _page_query(session, req, SearchContext(session=session, strict=True))
+    ctx = SearchContext(session=session, strict=True, access=access)
+    outer, conditions, _keys = _page_query(session, req, ctx)
     stmt = select(outer.res_id).where(*conditions).order_by(outer.res_id).limit(limit)
     return list(session.execute(stmt).scalars())
 

@@ -1,4 +1,5 @@
 """The console script: db upgrade creates the schema that readyz then accepts."""
+
 from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata

@@ -1,11 +1,12 @@
 """Conditional create, update and delete (http://hl7.org/fhir/R4/http.html#ccreate), incl. racing creates."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import FHIR, created_id, issue, patient
+from tests.helpers import FHIR, authorized_client, created_id, issue, patient
 
 MRN = "http://hospital.example.org/mrn"
 
@@ -53,7 +54,7 @@ def test_racing_conditional_creates_leave_one_resource(app, client):
     headers = {"If-None-Exist": f"identifier={MRN}|RACE", "Content-Type": FHIR}
 
     def post(_: int) -> int:
-        with app.test_client() as c:
+        with authorized_client(app) as c:
             return c.post("/fhir/R4/Patient", json=_with_mrn("RACE"), headers=headers).status_code
 
     with ThreadPoolExecutor(6) as pool:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from fhir_api import create_app
 from fhir_api.db import Base, make_engine
+from tests.helpers import authorized_client
 
 FHIR = "application/fhir+json"
 BASE = "http://localhost/fhir/R4"
@@ -57,7 +58,7 @@ def empty_tables(url: str) -> None:
 def populated_client(database_url: str, build: Callable[[Any], None]) -> Iterator[Any]:
     """A test client over a database that ``build`` fills once; emptied again on exit."""
     app = create_app({"DATABASE_URL": database_url, "TESTING": True})
-    client = app.test_client()
+    client = authorized_client(app)
     try:
         build(client)
         yield client

@@ -1,4 +1,5 @@
 """``fhir-api search reindex`` rebuilds index rows from stored resources."""
+
 from __future__ import annotations
 
 from click.testing import CliRunner

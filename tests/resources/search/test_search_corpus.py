@@ -21,6 +21,7 @@ from sqlalchemy import text
 from fhir_api import create_app
 from fhir_api.db import make_engine
 from tests.conftest import _empty_tables
+from tests.helpers import authorized_client
 from tests.resources.search.corpus import (
     Corpus,
     Link,
@@ -65,7 +66,7 @@ def loaded(database_url, shared_fhir) -> Iterator[tuple[object, Corpus]]:
     _empty_tables(database_url)
     app = create_app({"DATABASE_URL": database_url, "TESTING": True})
     try:
-        client = app.test_client()
+        client = authorized_client(app)
         corpus = load(client, shared_fhir)
         _analyze(database_url)
         print(

@@ -1,0 +1,1 @@
+"""SMART on FHIR authorization: clients, tokens, and who may see what."""

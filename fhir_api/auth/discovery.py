@@ -1,0 +1,66 @@
+"""SMART discovery: ``.well-known/smart-configuration`` and the CapabilityStatement's ``rest.security``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_api.http import base_url
+
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def _auth(path: str) -> str:
+    return f"{base_url(root=True)}/auth/{path}"
+
+
+def smart_configuration() -> dict[str, Any]:
+    """SMART App Launch 2.x section 'Metadata' (no ``issuer``: the server offers no SSO)."""
+    return {
+        "token_endpoint": _auth("token"),
+        "jwks_uri": _auth("jwks"),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384", "RS256", "ES256"],
+        "scopes_supported": [
+            "system/*.rs",
+            "system/*.cruds",
+            "system/*.read",
+            "system/*.write",
+            "system/*.*",
+            "patient/*.rs",
+            "user/*.rs",
+        ],
+        "response_types_supported": ["token"],
+        "introspection_endpoint": _auth("introspect"),
+        "revocation_endpoint": _auth("revoke"),
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+    }
+
+
+def capability_security() -> dict[str, Any]:
+    """``rest.security`` as the SMART spec and the Python fhirclient read it."""
+    return {
+        "cors": True,
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ],
+                "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)",
+            }
+        ],
+        "extension": [
+            {
+                "url": OAUTH_URIS,
+                "extension": [
+                    {"url": "token", "valueUri": _auth("token")},
+                    {"url": "introspect", "valueUri": _auth("introspect")},
+                    {"url": "revoke", "valueUri": _auth("revoke")},
+                ],
+            }
+        ],
+    }
