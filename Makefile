@@ -20,13 +20,16 @@ install: $(STAMP)
 demo: install
 	$(BIN)/fhir-api db upgrade
 	$(BIN)/fhir-api seed --patients $(PATIENTS)
+	FHIR_AUTH_SIGNING_KEY_FILE=var/keys/signing.jwk $(BIN)/fhir-api demo-setup
 	@echo ""
 	@echo "FHIR R4 API on http://$(HOST):$(PORT)/fhir/R4  (errors explained at http://$(HOST):$(PORT)/docs/errors)"
-	@echo "  curl -s http://$(HOST):$(PORT)/fhir/R4/Patient/pat-0001"
-	@echo "  curl -s http://$(HOST):$(PORT)/fhir/R4/metadata | head -c 300"
-	@echo "Authorization (SMART tokens) is not enabled yet in this build: the API is open on 127.0.0.1 only."
+	@echo "Every data request needs a SMART access token. In another terminal:"
+	@echo "  TOKEN=\$$($(BIN)/fhir-api token demo-hospital)      # or demo-gp, demo-insurer, demo-auditor"
+	@echo "  curl -s -H \"Authorization: Bearer \$$TOKEN\" http://$(HOST):$(PORT)/fhir/R4/Patient/pat-0001"
+	@echo "  curl -s http://$(HOST):$(PORT)/fhir/R4/.well-known/smart-configuration"
 	@echo ""
-	$(BIN)/fhir-api serve --host $(HOST) --port $(PORT) --workers 2
+	FHIR_AUTH_SIGNING_KEY_FILE=var/keys/signing.jwk FHIR_PUBLIC_URL=http://$(HOST):$(PORT) \
+		$(BIN)/fhir-api serve --host $(HOST) --port $(PORT) --workers 2
 
 test: install
 	$(BIN)/python -m pytest

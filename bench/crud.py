@@ -96,6 +96,10 @@ class Target:
     read_prefix: str
     media_type: str
     ids_file: Path = field(default=Path())
+    token: Any = None  # () -> a fresh access token, for the app (every FHIR data request needs one)
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token()}"} if self.token else {}
 
     @property
     def base(self) -> str:
@@ -262,7 +266,7 @@ def http_request(
 def seed(target: Target, body: bytes, count: int, work_dir: Path) -> Target:
     """Create ``count`` rows through the server's own create endpoint; their ids feed the read load."""
     conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)
-    headers = {"Content-Type": target.media_type, "Accept": target.media_type}
+    headers = {"Content-Type": target.media_type, "Accept": target.media_type, **target.auth()}
     ids = []
     try:
         for _ in range(count):
@@ -279,12 +283,18 @@ def seed(target: Target, body: bytes, count: int, work_dir: Path) -> Target:
     ids_file = work_dir / f"{target.name}-ids.txt"
     ids_file.write_text("\n".join(ids) + "\n")
     status, _, _ = http_request(
-        target.port, "GET", target.read_prefix + ids[0], headers={"Accept": target.media_type}
+        target.port, "GET", target.read_prefix + ids[0], headers={"Accept": target.media_type, **headers}
     )
     if status != 200:
         raise RuntimeError(f"{target.name}: reading a row just created answered {status}")
     return Target(
-        target.name, target.port, target.create_path, target.read_prefix, target.media_type, ids_file
+        target.name,
+        target.port,
+        target.create_path,
+        target.read_prefix,
+        target.media_type,
+        ids_file,
+        target.token,
     )
 
 
@@ -296,6 +306,7 @@ def run_wrk(target: Target, kind: str, clients: int, seconds: float, body_file: 
         lua_args = ["read", target.read_prefix, str(target.ids_file), target.media_type]
     else:
         lua_args = ["create", target.create_path, str(body_file), target.media_type]
+    lua_args += [target.auth().get("Authorization", "")]
     argv = [
         "wrk", "-t", "1", "-c", str(clients), "-d", f"{max(1, round(seconds))}s", "--timeout", "10s",
         "-s", str(HERE / "wrk_load.lua"), target.base, "--", *lua_args,
@@ -318,7 +329,7 @@ def run_python(target: Target, kind: str, clients: int, seconds: float, body_fil
     """Fallback load: one keep-alive connection per thread, bounded by time and by a request cap."""
     ids = target.ids_file.read_text().split()
     body = body_file.read_bytes()
-    headers = {"Accept": target.media_type}
+    headers = {"Accept": target.media_type, **target.auth()}
     if kind == "create":
         headers["Content-Type"] = target.media_type
     max_per_client = 200_000
@@ -417,6 +428,29 @@ def _ms(r: LoadResult) -> str:
 # --------------------------------------------------------------------------------------------- main
 
 
+def token_minter(key_file: Path, public_url: str) -> Any:
+    """A fresh system/*.* token per load run, signed with the key the app serves with (tokens live 300 s,
+    the whole benchmark longer). The app verifies it exactly as one from its token endpoint."""
+    from fhir_api import create_app
+    from fhir_api.auth import tokens
+    from fhir_api.auth.keys import generate_signing_key_file
+
+    generate_signing_key_file(key_file)
+    app = create_app({"AUTH_SIGNING_KEY_FILE": str(key_file), "PUBLIC_URL": public_url})
+    cache: dict[str, Any] = {"token": "", "at": float("-inf")}
+
+    def token() -> str:
+        if time.monotonic() - cache["at"] > 60:
+            with app.test_request_context():
+                cache["token"], _ = tokens.issue(
+                    client_id="bench", role="clinical-system", scope="system/*.*"
+                )
+            cache["at"] = time.monotonic()
+        return cache["token"]
+
+    return token
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -476,6 +510,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             app_port, floor_port = free_port(), free_port()
             app_argv = [str(fhir_api_bin), "serve", "--host", "127.0.0.1", "--port", str(app_port)]
+            key_file = work / "signing.jwk"
+            app_env = {
+                **app_env,
+                "FHIR_AUTH_SIGNING_KEY_FILE": str(key_file),
+                "FHIR_PUBLIC_URL": f"http://127.0.0.1:{app_port}",
+            }
+            token = token_minter(key_file, f"http://127.0.0.1:{app_port}")
             app_srv = Server("app", [*app_argv, "--workers", str(args.workers)], app_env, app_port, work)
             floor_argv = [sys.executable, str(HERE / "floor_app.py"), "--database-url", db_url]
             floor_argv += ["--bind", f"127.0.0.1:{floor_port}", "--workers", str(args.workers)]
@@ -492,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             body = json.dumps(PATIENT, separators=(",", ":")).encode()
             body_file.write_bytes(body)
             app_t = seed(
-                Target("app", app_port, "/fhir/R4/Patient", "/fhir/R4/Patient/", FHIR_JSON),
+                Target("app", app_port, "/fhir/R4/Patient", "/fhir/R4/Patient/", FHIR_JSON, token=token),
                 body,
                 args.seed_rows,
                 work,

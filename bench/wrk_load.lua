@@ -1,14 +1,18 @@
 -- wrk script for bench/crud.py. Every request is built once in init(), as wrk's docs advise.
 --   read:   wrk ... -s wrk_load.lua URL -- read   <path prefix> <file of ids, one a line> <media type>
 --   create: wrk ... -s wrk_load.lua URL -- create <path>        <file holding the body>   <media type>
+--   an optional last argument is sent as the Authorization header
 -- done() prints one line "BENCH_RESULT {json}" that bench/crud.py parses.
 
 local requests_list = {}
 local i = 0
 
 function init(args)
-   local mode, path, file, media = args[1], args[2], args[3], args[4]
+   local mode, path, file, media, auth = args[1], args[2], args[3], args[4], args[5]
    local headers = { ["Accept"] = media }
+   if auth and #auth > 0 then
+      headers["Authorization"] = auth
+   end
    if mode == "read" then
       for line in io.lines(file) do
          if #line > 0 then

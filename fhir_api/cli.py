@@ -55,7 +55,13 @@ def _safe_url() -> str:
 @click.option("--workers", default=None, type=int, help="Default: 2 x CPUs + 1.")
 def serve(host: str, port: int, workers: int | None) -> None:
     """Serve the API under gunicorn."""
+    from fhir_api.auth.keys import AuthConfigurationError, signing_key
     from fhir_api.serving import GunicornApp, default_workers, gunicorn_options
+
+    try:
+        signing_key(create_app())  # refuse to start rather than fail every token request later
+    except AuthConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
 
     GunicornApp(gunicorn_options(f"{host}:{port}", workers or default_workers())).run()
 
@@ -93,3 +99,144 @@ def seed_cmd(patients: int, seed_value: int) -> None:
     summary = load_population(patients=patients, seed=seed_value, progress=True)
     database.analyze(database.engine())
     click.echo(", ".join(f"{n} {t}" for t, n in sorted(summary.items())))
+
+
+# -- authorization ----------------------------------------------------------------------------------------
+@main.group("clients")
+def clients_group() -> None:
+    """SMART client registry."""
+
+
+@clients_group.command("add")
+@click.argument("name")
+@click.option("--role", required=True, help="clinical-system, clinician, patient, insurer, auditor or admin.")
+@click.option("--scope", "scopes", multiple=True, help="Registered scope(s); repeat or space-separate.")
+@click.option("--jwks-url", default=None, help="The client's JWKS URL (private_key_jwt).")
+@click.option("--jwks-file", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--organization", default=None, help="Organization/<id>: the payor identity of an insurer.")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="App launch redirect URI(s).")
+@click.option("--public", is_flag=True, help="A public app (PKCE, no client authentication).")
+@with_appcontext
+def clients_add(
+    name: str,
+    role: str,
+    scopes: tuple[str, ...],
+    jwks_url: str | None,
+    jwks_file: str | None,
+    organization: str | None,
+    redirect_uris: tuple[str, ...],
+    public: bool,
+) -> None:
+    """Register a client and print its client_id."""
+    import json
+    from pathlib import Path
+
+    from fhir_api import db as database
+    from fhir_api.auth.clients import ClientError, Registration, add_client
+
+    if jwks_url and jwks_file:
+        raise click.UsageError("give --jwks-url or --jwks-file, not both")
+    try:
+        jwks = json.loads(Path(jwks_file).read_text()) if jwks_file else None
+    except ValueError as exc:
+        raise click.UsageError(f"--jwks-file is not JSON: {exc}") from None
+    reg = Registration(
+        name=name,
+        role=role,
+        scope=" ".join(scopes),
+        jwks=jwks,
+        jwks_url=jwks_url,
+        organization=organization,
+        redirect_uris=redirect_uris,
+        public=public,
+    )
+    with database.new_session() as s:
+        try:
+            client = add_client(s, reg)
+        except ClientError as exc:
+            raise click.UsageError(str(exc)) from None
+        click.echo(client.client_id)
+
+
+@clients_group.command("list")
+@with_appcontext
+def clients_list() -> None:
+    """Registered clients, one per line (tab-separated)."""
+    from fhir_api import db as database
+    from fhir_api.auth.clients import list_clients
+
+    with database.new_session() as s:
+        for c in list_clients(s):
+            state = "disabled" if c.disabled else "enabled"
+            click.echo("\t".join([c.client_id, c.name, c.role, state, c.scope]))
+
+
+@clients_group.command("disable")
+@click.argument("client_id")
+@with_appcontext
+def clients_disable(client_id: str) -> None:
+    """Refuse new tokens to a client (its tokens already issued expire within 5 minutes)."""
+    from fhir_api import db as database
+    from fhir_api.auth.clients import ClientError, set_disabled
+
+    with database.new_session() as s:
+        try:
+            set_disabled(s, client_id)
+        except ClientError as exc:
+            raise click.UsageError(str(exc)) from None
+    click.echo(f"disabled {client_id}")
+
+
+@main.command("demo-setup")
+@click.option("--key-dir", default="var/keys", show_default=True, type=click.Path(file_okay=False))
+@with_appcontext
+def demo_setup(key_dir: str) -> None:
+    """Demo only: a token-signing key (if missing) and one registered client per role with its key."""
+    from pathlib import Path
+
+    from fhir_api import db as database
+    from fhir_api.auth.demo import ensure_demo_clients
+    from fhir_api.auth.keys import generate_signing_key_file
+
+    signing = Path(current_app.config.get("AUTH_SIGNING_KEY_FILE") or Path(key_dir, "signing.jwk"))
+    if not signing.exists():
+        generate_signing_key_file(signing)
+        click.echo(f"created token-signing key {signing}")
+    with database.new_session() as s:
+        for name, role, client_id in ensure_demo_clients(s, Path(key_dir, "clients")):
+            click.echo(f"  {name:<14} {role:<16} {client_id}")
+
+
+@main.command("token")
+@click.argument("name")
+@click.option("--scope", default=None, help="Default: everything the demo client is registered for.")
+@click.option("--server", default=None, help="Default: FHIR_PUBLIC_URL or http://127.0.0.1:8000.")
+@click.option("--key-dir", default="var/keys", show_default=True, type=click.Path(file_okay=False))
+def token_cmd(name: str, scope: str | None, server: str | None, key_dir: str) -> None:
+    """Demo: get an access token for demo client NAME (SMART Backend Services, over HTTP) and print it."""
+    import os
+    from pathlib import Path
+
+    import requests
+
+    from fhir_api.auth.demo import DEMO_CLIENTS, signed_assertion
+
+    base = (server or os.environ.get("FHIR_PUBLIC_URL") or "http://127.0.0.1:8000").rstrip("/")
+    key_file = Path(key_dir, "clients", f"{name}.json")
+    if not key_file.exists():
+        raise click.UsageError(f"no demo client {name!r} under {key_dir}/clients (run `make demo` first)")
+    _, assertion = signed_assertion(key_file, f"{base}/auth/token")
+    wanted = scope or DEMO_CLIENTS.get(name, {}).get("scope") or "system/*.rs"
+    resp = requests.post(
+        f"{base}/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "scope": wanted,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        },
+        timeout=10,
+    )
+    if resp.status_code != 200:
+        raise click.ClickException(f"token endpoint answered {resp.status_code}: {resp.text}")
+    click.echo(resp.json()["access_token"])

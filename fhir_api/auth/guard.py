@@ -8,6 +8,7 @@ layer, which applies it inside every query.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from flask import Flask, g, request
 
@@ -92,8 +93,9 @@ def authenticate() -> Principal:
     )
 
 
+@lru_cache(maxsize=4096)
 def access_for(principal: Principal) -> Access:
-    """The token's scopes as rules, narrowed by its role and launch context."""
+    """The token's scopes as rules, narrowed by its role and launch context (computed once per token)."""
     ceiling = ROLE_CEILINGS.get(principal.role)
     if ceiling is None:
         return Access()
