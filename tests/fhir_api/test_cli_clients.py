@@ -1,0 +1,116 @@
+"""`fhir-api clients add|list|disable` and the demo set-up, through the console script."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fhir_api import create_app
+from fhir_api.auth.demo import DEMO_CLIENTS, signed_assertion
+from fhir_api.cli import main
+from fhir_api.db import make_engine
+from fhir_api.migrate import upgrade
+from tests.helpers import new_client_key
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'clients.sqlite3'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    monkeypatch.setenv("FHIR_DATABASE_URL", url)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True):
+        result = runner.invoke(main, list(args))
+        assert (result.exit_code == 0) == ok, result.output
+        return result.output
+
+    return run
+
+
+def test_add_list_disable(cli, tmp_path):
+    _, jwks = new_client_key("RS384")
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks))
+    client_id = cli(
+        "clients", "add", "Hospital A", "--role", "clinical-system", "--jwks-file", "jwks.json",
+        "--scope", "system/*.rs", "--scope", "system/Observation.c",
+    ).strip()  # fmt: skip
+    assert len(client_id) >= 20
+    listed = cli("clients", "list")
+    assert f"{client_id}\tHospital A\tclinical-system\tenabled\tsystem/*.rs system/Observation.c" in listed
+    assert f"disabled {client_id}" in cli("clients", "disable", client_id)
+    assert f"{client_id}\tHospital A\tclinical-system\tdisabled" in cli("clients", "list")
+    assert "no client" in cli("clients", "disable", "nope", ok=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--role", "wizard", "--jwks-url", "https://k.example.org/j"], "unknown role"),
+        (["--role", "clinical-system"], "needs --jwks-file or --jwks-url"),
+        (["--role", "insurer", "--jwks-url", "https://k.example.org/j"], "needs --organization"),
+        (["--role", "clinician"], "needs at least one --redirect-uri"),
+        (
+            ["--role", "clinical-system", "--public", "--jwks-url", "https://k.example.org/j"],
+            "cannot be public",
+        ),
+        (
+            ["--role", "clinical-system", "--jwks-url", "https://k/j", "--scope", "system/Patient.sr"],
+            "Invalid",
+        ),
+    ],
+)
+def test_add_refuses_bad_registrations(cli, args, reason):
+    assert reason in cli("clients", "add", "x", *args, ok=False)
+
+
+def test_a_private_key_in_the_jwks_is_refused(cli, tmp_path):
+    key, _ = new_client_key("ES384")
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [key.as_dict(private=True)]}))
+    out = cli("clients", "add", "x", "--role", "clinical-system", "--jwks-file", "jwks.json", ok=False)
+    assert "private key" in out
+
+
+def test_demo_setup_is_idempotent_and_its_clients_get_tokens(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("FHIR_AUTH_SIGNING_KEY_FILE", str(tmp_path / "var/keys/signing.jwk"))
+    first = cli("demo-setup")
+    assert "created token-signing key" in first
+    second = cli("demo-setup")
+    assert "created" not in second
+    ids = {line.split()[0]: line.split()[-1] for line in second.splitlines()}
+    assert set(ids) == set(DEMO_CLIENTS) and ids == {
+        line.split()[0]: line.split()[-1] for line in first.splitlines()[1:]
+    }
+    app = create_app()
+    client = app.test_client()
+    _, assertion = signed_assertion(
+        tmp_path / "var/keys/clients/demo-insurer.json", "http://localhost/auth/token"
+    )
+    resp = client.post(
+        "/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "scope": "system/*.rs",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        },
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert resp.get_json()["scope"].split() == [
+        "system/Patient.rs",
+        "system/Coverage.rs",
+        "system/Claim.rs",
+        "system/ClaimResponse.rs",
+        "system/ExplanationOfBenefit.rs",
+    ]
+    app.extensions["fhir_db"]["engine"].dispose()
+
+
+def test_serve_refuses_to_start_without_a_signing_key(cli, monkeypatch):
+    monkeypatch.delenv("FHIR_AUTH_SIGNING_KEY_FILE", raising=False)
+    assert "FHIR_AUTH_SIGNING_KEY_FILE is not set" in cli("serve", "--port", "1", ok=False)
