@@ -28,6 +28,7 @@ class Rule:
     res_type: str
     actions: frozenset[str]
     query: tuple[tuple[str, str], ...] = ()
+    patient_only: bool = False  # a patient/ scope: only the compartment of the token's patient
 
     def permits(self, res_type: str, action: str) -> bool:
         return (self.res_type in ("*", res_type)) and action in self.actions
@@ -70,20 +71,25 @@ class Access:
             return None
         if not self.permits(res_type, action):
             return false()
-        parts: list[ColumnElement[bool]] = []
-        constrained = [r for r in self.rules if r.permits(res_type, action)]
-        if all(r.query for r in constrained):  # every permitting scope carries a search constraint
-            from resources.search.query import build_filters
-
-            options = [and_(*build_filters(ctx, res_type, outer, list(r.query))) for r in constrained]
-            parts.append(or_(*options))
-        if self.patient is not None:
-            parts.append(_in_patient_compartment(res_type, self.patient, outer))
+        options: list[ColumnElement[bool]] = []
+        for rule in (r for r in self.rules if r.permits(res_type, action)):
+            parts = []
+            if rule.query:
+                parts.append(_constraint(ctx, res_type, outer, rule.query))
+            if rule.patient_only:
+                parts.append(
+                    _in_patient_compartment(res_type, self.patient, outer) if self.patient else false()
+                )
+            if not parts:  # this scope alone reaches every row of the type
+                options = []
+                break
+            options.append(and_(*parts) if len(parts) > 1 else parts[0])
+        restriction = [or_(*options)] if options else []
         if self.payor is not None:
-            parts.append(_covered_by(res_type, self.payor, outer))
-        if not parts:
+            restriction.append(_covered_by(res_type, self.payor, outer))
+        if not restriction:
             return None
-        return and_(*parts)
+        return and_(*restriction) if len(restriction) > 1 else restriction[0]
 
     def history_condition(self, ctx: Any, action: str = "s") -> Any:
         """For ``HistoryQuery.visible``: the restriction on versions, by their current resource."""
@@ -109,7 +115,7 @@ class Access:
     def narrowed(self) -> bool:
         """Whether some rows of a permitted type can still be out of reach (patient, payor, constraints)."""
         return not self.unrestricted and (
-            self.patient is not None or self.payor is not None or any(r.query for r in self.rules)
+            self.payor is not None or any(r.query or r.patient_only for r in self.rules)
         )
 
     def visible(self, session: Session, res_type: str, res_id: str, action: str = "r") -> bool:
@@ -125,6 +131,23 @@ class Access:
 
 
 UNRESTRICTED = Access(unrestricted=True)
+
+
+def _constraint(
+    ctx: Any, res_type: str, outer: Any, query: tuple[tuple[str, str], ...]
+) -> ColumnElement[bool]:
+    """A scope's search constraint, strictly: one it cannot apply (unknown parameter) reaches nothing."""
+    from fhir_api.errors import FhirError
+    from resources.search.query import SearchContext, build_filters
+
+    strict = SearchContext(session=ctx.session, base_url=ctx.base_url, strict=True)
+    try:
+        clauses = build_filters(strict, res_type, outer, list(query))
+    except FhirError:
+        return false()
+    if not clauses:
+        return false()
+    return and_(*clauses) if len(clauses) > 1 else clauses[0]
 
 
 def _in_patient_compartment(res_type: str, patient: str, outer: Any) -> ColumnElement[bool]:

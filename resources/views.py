@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from flask import current_app, g, request
+from flask import current_app, g, jsonify, request
 from flask_smorest import Blueprint
 from werkzeug.routing import BaseConverter
 
@@ -69,6 +69,8 @@ def interaction(code: str, level: str) -> Callable[[F], F]:
 
 @blp.before_request
 def _negotiate() -> None:
+    if request.endpoint == "fhir.smart_configuration":
+        return  # SMART: JSON whatever the Accept header says
     negotiate_response_type()  # 406 before any work
 
 
@@ -128,7 +130,9 @@ def capabilities():
 @blp.route("/.well-known/smart-configuration", methods=["GET"])
 def smart_configuration():
     """SMART on FHIR discovery: where to get tokens and what this server supports."""
-    return fhir_response(smart_configuration_document(), headers={"Cache-Control": "public, max-age=300"})
+    resp = jsonify(smart_configuration_document())
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
 
 
 def _criteria() -> list[tuple[str, str]]:

@@ -104,18 +104,27 @@ def access_for(principal: Principal) -> Access:
     except InvalidScope:
         return Access()
     scopes = [s for s in scopes if s.context in ceiling.contexts]
-    rules = tuple(Rule(s.res_type, s.actions & ceiling.actions, s.query) for s in scopes)
-    patient = None
-    if principal.role == "patient" or (scopes and all(s.context == "patient" for s in scopes)):
-        if not principal.patient:
-            return Access()  # patient scopes without a patient in context reach nothing
-        patient = principal.patient
+    patient_role = principal.role == "patient"
+    rules = tuple(
+        Rule(
+            s.res_type,
+            s.actions & ceiling.actions,
+            s.query,
+            patient_only=patient_role or s.context == "patient",
+        )
+        for s in scopes
+    )
+    if not principal.patient:  # patient/ scopes without a patient in context grant nothing (fail closed)
+        rules = tuple(r for r in rules if not r.patient_only)
+        if not rules:
+            return Access()
+    patient = principal.patient
     payor = None
     if principal.role == "insurer":
         if not principal.organization:
             return Access()
         payor = principal.organization
-    return Access(rules=rules, types=ceiling.types, patient=patient, payor=payor)
+    return Access(rules=rules, types=ceiling.types, patient=patient or None, payor=payor)
 
 
 def init_app(app: Flask) -> None:
