@@ -174,6 +174,10 @@ def parse_prefer() -> dict[str, str]:
     return prefs
 
 
+# Documents about the server, never about patients: they may be cached.
+_PUBLIC_DOCUMENTS = ("/metadata", "/.well-known/smart-configuration", "/auth/jwks")
+
+
 def init_app(app: Flask) -> None:
     """Request id in and out, and no caching of anything that may carry patient data."""
 
@@ -187,7 +191,7 @@ def init_app(app: Flask) -> None:
         resp.headers["X-Request-Id"] = getattr(g, "request_id", "") or str(uuid.uuid4())
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         if request.path.startswith(("/fhir/", "/auth/", "/audit/")) and not request.path.endswith(
-            "/metadata"
+            _PUBLIC_DOCUMENTS
         ):
             resp.headers["Cache-Control"] = "no-store"
         return resp

@@ -27,10 +27,7 @@ def smart_configuration() -> dict[str, Any]:
             "system/*.read",
             "system/*.write",
             "system/*.*",
-            "patient/*.rs",
-            "user/*.rs",
         ],
-        "response_types_supported": ["token"],
         "introspection_endpoint": _auth("introspect"),
         "revocation_endpoint": _auth("revoke"),
         "code_challenge_methods_supported": ["S256"],
@@ -41,7 +38,7 @@ def smart_configuration() -> dict[str, Any]:
 def capability_security() -> dict[str, Any]:
     """``rest.security`` as the SMART spec and the Python fhirclient read it."""
     return {
-        "cors": True,
+        "cors": False,  # no CORS headers are served yet
         "service": [
             {
                 "coding": [

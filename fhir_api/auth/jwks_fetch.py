@@ -5,6 +5,7 @@ never from private, loopback or link-local addresses (no SSRF into the hospital 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import socket
 import threading
@@ -76,7 +77,7 @@ def fetch_jwks(url: str, *, refresh: bool = False) -> dict[str, Any]:
     except requests.RequestException as exc:
         raise JwksFetchError(f"the JWKS URL could not be fetched ({type(exc).__name__})") from None
     try:
-        data = requests.models.complexjson.loads(body)
+        data = json.loads(body)
     except ValueError:
         raise JwksFetchError("the JWKS URL did not return JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):

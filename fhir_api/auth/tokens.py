@@ -83,17 +83,18 @@ def issue(
 
 # Verified tokens by their exact text: a token is re-presented on every request of its short life, and the
 # signature check is the costly part. Revocation is still checked against the database every time.
-_VERIFIED: OrderedDict[str, Claims] = OrderedDict()
+_VERIFIED: OrderedDict[tuple[str, str], Claims] = OrderedDict()
 _VERIFIED_MAX = 4096
 
 
 def verify(token: str) -> Claims:
     """Signature, type, issuer, audience and lifetime of an access token issued here."""
-    cached = _VERIFIED.get(token)
+    key = (token, base_url())  # issuer and audience depend on the base this request came through
+    cached = _VERIFIED.get(key)
     now = int(time.time())
     if cached is not None:
         if cached.exp <= now:
-            _VERIFIED.pop(token, None)
+            _VERIFIED.pop(key, None)
             raise InvalidToken("the access token has expired")
         return cached
     try:
@@ -124,7 +125,7 @@ def verify(token: str) -> Claims:
         fhir_user=c.get("fhirUser"),
         organization=c.get("organization"),
     )
-    _VERIFIED[token] = claims
+    _VERIFIED[key] = claims
     if len(_VERIFIED) > _VERIFIED_MAX:
         _VERIFIED.popitem(last=False)
     return claims

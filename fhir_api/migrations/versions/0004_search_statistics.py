@@ -8,6 +8,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-24
 """
+
 from __future__ import annotations
 
 from alembic import op

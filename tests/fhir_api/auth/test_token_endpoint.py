@@ -935,3 +935,20 @@ def test_revoking_another_clients_token_does_nothing(app, anonymous):
 def test_revoking_garbage_is_200(app, anonymous, token):
     resp = anonymous.post("/auth/revoke", data={"token": token}, headers=bearer(mint_token(app)))
     assert resp.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path", ["/fhir/R4/metadata", "/fhir/R4/.well-known/smart-configuration", "/auth/jwks"]
+)
+def test_documents_about_the_server_may_be_cached_but_data_may_not(anonymous, client, path):
+    assert "public" in anonymous.get(path).headers["Cache-Control"]
+    assert client.get("/fhir/R4/Patient").headers["Cache-Control"] == "no-store"
+
+
+def test_discovery_claims_only_what_is_served(anonymous):
+    doc = anonymous.get("/fhir/R4/.well-known/smart-configuration").get_json()
+    assert doc["grant_types_supported"] == ["client_credentials"]  # no app launch yet
+    assert "response_types_supported" not in doc and "authorization_endpoint" not in doc
+    assert all(s.startswith("system/") for s in doc["scopes_supported"])
+    security = anonymous.get("/fhir/R4/metadata").get_json()["rest"][0]["security"]
+    assert security["cors"] is False  # no CORS headers are served yet
