@@ -26,7 +26,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     logging.getLogger("fhir_api").setLevel(app.config.get("LOG_LEVEL", "INFO"))
 
     from fhir_api import db, docs, errors, health, http
-    from fhir_api.auth import guard, keys
+    from fhir_api.auth import guard, keys, revocation
     from fhir_api.auth import models as _auth_models  # noqa: F401 (tables for metadata and tests)
     from fhir_api.auth import server as auth_server
     from resources.views import FhirIdConverter, ResourceTypeConverter
@@ -39,6 +39,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     http.init_app(app)
     keys.init_app(app)
+    revocation.init_app(app)
     guard.init_app(app)
     auth_server.init_app(app)
     Compress(app)

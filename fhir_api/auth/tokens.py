@@ -16,6 +16,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from fhir_api.auth import revocation
 from fhir_api.auth.keys import SIGNING_ALG, signing_key
 from fhir_api.auth.models import RevokedToken
 from fhir_api.db import write_transaction
@@ -82,7 +83,7 @@ def issue(
 
 
 # Verified tokens by their exact text: a token is re-presented on every request of its short life, and the
-# signature check is the costly part. Revocation is still checked against the database every time.
+# signature check is the costly part. Revocation is still checked on every request (fhir_api.auth.revocation).
 _VERIFIED: OrderedDict[tuple[str, str], Claims] = OrderedDict()
 _VERIFIED_MAX = 4096
 
@@ -132,16 +133,18 @@ def verify(token: str) -> Claims:
 
 
 def is_revoked(session: Session, jti: str) -> bool:
-    return session.execute(select(RevokedToken.jti).where(RevokedToken.jti == jti)).first() is not None
+    return revocation.is_revoked(session, jti)
 
 
 def revoke(session: Session, jti: str, exp: int) -> None:
-    """Record the revocation (idempotent); every worker sees it on the token's next use."""
+    """Record the revocation (idempotent); every worker refuses the token from its next use."""
     try:
         with write_transaction(session):
-            if not is_revoked(session, jti):
+            if session.execute(select(RevokedToken.jti).where(RevokedToken.jti == jti)).first() is None:
                 session.execute(
                     insert(RevokedToken), [{"jti": jti, "expires_at": datetime.fromtimestamp(exp, UTC)}]
                 )
+                revocation.announce(session, jti, exp)
     except IntegrityError:
         pass  # revoked concurrently by another request
+    revocation.remember(jti, exp)
