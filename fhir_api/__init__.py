@@ -29,6 +29,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from fhir_api.auth import guard, keys, revocation
     from fhir_api.auth import models as _auth_models  # noqa: F401 (tables for metadata and tests)
     from fhir_api.auth import server as auth_server
+    from resources.protection import service as protection
+    from resources.protection.models import IndexKey as _IndexKey  # noqa: F401 (its table)
     from resources.views import FhirIdConverter, ResourceTypeConverter
     from resources.views import blp as fhir_blp
 
@@ -37,6 +39,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.url_map.strict_slashes = False
 
     db.init_app(app)
+    protection.init_app(app)
     http.init_app(app)
     keys.init_app(app)
     revocation.init_app(app)

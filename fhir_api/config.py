@@ -29,6 +29,19 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_SIGNING_KEY_FILE": None,
     "AUTH_TOKEN_LIFETIME": 300,  # seconds, at most 300
     "AUTH_JWKS_ALLOW_PRIVATE": False,  # let client JWKS URLs point at private addresses (tests, demo)
+    # Field-level encryption. Keys have no default: `make demo` creates var/keys/keyring.json; production
+    # sets CRYPTO_KEY_FILE (or CRYPTO_KEYRING, the same JSON inline) or KMS_PROVIDER=vault with VAULT_*.
+    "PROTECTION": True,  # false: store and index everything in clear (benchmarks and comparisons only)
+    "PROTECTED_ELEMENTS": "",  # more element paths to protect, comma-separated: "Observation.valueString"
+    "KMS_PROVIDER": "local",  # local | vault
+    "CRYPTO_KEY_FILE": None,
+    "CRYPTO_KEYRING": None,
+    "VAULT_ADDR": None,
+    "VAULT_TOKEN": None,
+    "VAULT_TOKEN_FILE": None,
+    "VAULT_TRANSIT_KEY": None,
+    "VAULT_TRANSIT_MOUNT": "transit",
+    "VAULT_NAMESPACE": None,
     # Benchmarks only: false writes resources without search-index rows (searches then miss them).
     "SEARCH_INDEXING": True,
     "DEFAULT_PAGE_SIZE": 50,

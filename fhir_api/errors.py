@@ -131,6 +131,26 @@ class UnsupportedMediaType(FhirError):
     )
 
 
+class KeyUnavailable(FhirError):
+    """A key that protected data needs is missing from the keyring, or the KMS did not answer."""
+
+    status, code, slug, title = 503, "transient", "key-unavailable", "Encryption key unavailable"
+    explanation = (
+        "The server cannot use the key-encryption key this data was sealed with (missing from the key "
+        "file, or the KMS refused or did not answer). Nothing was returned in place of the protected data."
+    )
+
+
+class TamperedData(FhirError):
+    """A ciphertext at rest failed authentication: altered, moved to another place, or another key."""
+
+    status, code, slug, title = 500, "exception", "tampered-data", "Stored data failed its integrity check"
+    explanation = (
+        "A protected value at rest did not authenticate under its key and its place (resource type, id, "
+        "version and element): it was altered, copied from elsewhere, or sealed under another key."
+    )
+
+
 class Unprocessable(FhirError):
     status, code, slug, title = 422, "processing", "unprocessable", "Unprocessable resource"
     explanation = "The resource is well formed but this server cannot accept it (a business rule)."

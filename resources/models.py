@@ -40,9 +40,14 @@ class ResourceVersion(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     last_updated: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set when the body holds protected elements: the KEK that wraps this version's data key, and the
+    # wrapped key itself (crypto.envelope's format). Rotation re-wraps rows by key_id.
+    key_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    data_key: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
         UniqueConstraint("res_type", "res_id", "version", name="uq_resource_version"),
         Index("ix_resource_version_type_seq", "res_type", "seq"),
         Index("ix_resource_version_updated", "last_updated"),
+        Index("ix_resource_version_key", "key_id"),
     )

@@ -14,7 +14,8 @@ from fhir_api.db import Batch, execute_batch
 from resources import jsonio
 from resources.dates import DateRange
 from resources.models import Resource, ResourceVersion
-from resources.search.indexer import index_batch
+from resources.protection import service as protection
+from resources.search.indexer import blind_context, index_batch
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ _COLUMNS = (
     ResourceVersion.method,
     ResourceVersion.body,
     ResourceVersion.seq,
+    ResourceVersion.data_key,
 )
 _CURRENT = select(*_COLUMNS).join(
     Resource,
@@ -90,8 +92,23 @@ def _prefixed(values: dict[str, Any]) -> dict[str, Any]:
     return {f"new_{k}": v for k, v in values.items()}
 
 
+def _opened(res_type: str, res_id: str, version: int, body: str | None, data_key: str | None) -> str | None:
+    """The clear JSON of a stored body (its sealed elements opened; a body without any is as stored)."""
+    if body is None or data_key is None:
+        return body
+    return protection.current().open(res_type, res_id, version, body, data_key)
+
+
 def stored_from_row(v: ResourceVersion) -> Stored:
-    return Stored(v.res_type, v.res_id, v.version, v.last_updated, v.deleted, v.method, v.body, v.seq)
+    body = _opened(v.res_type, v.res_id, v.version, v.body, v.data_key)
+    return Stored(v.res_type, v.res_id, v.version, v.last_updated, v.deleted, v.method, body, v.seq)
+
+
+def _stored_row(row: Any) -> Stored:
+    """A row of ``_COLUMNS`` as the REST layer sees it."""
+    res_type, res_id, version, last_updated, deleted, method, body, seq, data_key = row
+    body = _opened(res_type, res_id, version, body, data_key)
+    return Stored(res_type, res_id, version, last_updated, deleted, method, body, seq)
 
 
 class ResourceRepository:
@@ -111,7 +128,7 @@ class ResourceRepository:
     def read(self, res_type: str, res_id: str) -> Stored | None:
         """The current version: one indexed join, run as a cached Core statement (the hottest path)."""
         row = self.session.connection().execute(_READ_CURRENT, {"t": res_type, "i": res_id}).one_or_none()
-        return Stored(*row) if row else None
+        return _stored_row(row) if row else None
 
     def vread(self, res_type: str, res_id: str, version: int) -> Stored | None:
         row = (
@@ -119,7 +136,7 @@ class ResourceRepository:
             .execute(_READ_VERSION, {"t": res_type, "i": res_id, "v": version})
             .one_or_none()
         )
-        return Stored(*row) if row else None
+        return _stored_row(row) if row else None
 
     def write(
         self,
@@ -134,22 +151,41 @@ class ResourceRepository:
     ) -> Stored:
         """Append a version, move the current pointer and re-index; the caller owns the transaction.
 
-        This is the one place a resource reaches storage, so encryption of protected fields and their
-        blind indexes plug in here.
+        This is the one place a resource reaches storage: protected elements are sealed here, and their
+        search parameters indexed as blind hashes (resources.protection).
         """
         deleted = resource is None
         body = None if resource is None else jsonio.dumps(resource)
+        shield = protection.current()
+        stored_body, data_key, key_id = body, None, None
+        if resource is not None:
+            sealed = shield.seal(res_type, res_id, version, resource)
+            if sealed is not None:
+                stored_body, data_key, key_id = sealed
         pointer = {"version": version, "deleted": deleted, "last_updated": last_updated}
         batch: Batch = []
         if current is None:
             batch.append((_INSERT_RESOURCE, [{"res_type": res_type, "res_id": res_id, **pointer}]))
         else:
             batch.append((_UPDATE_RESOURCE, [{"w_type": res_type, "w_id": res_id, **_prefixed(pointer)}]))
-        version_row = {"res_type": res_type, "res_id": res_id, "method": method, "body": body, **pointer}
+        version_row = {
+            "res_type": res_type,
+            "res_id": res_id,
+            "method": method,
+            "body": stored_body,
+            "key_id": key_id,
+            "data_key": data_key,
+            **pointer,
+        }
         batch.append((_INSERT_VERSION, [version_row]))
         if self.index:
             batch += index_batch(
-                res_type, res_id, resource, replace=current is not None, local_base=self.local_base
+                res_type,
+                res_id,
+                resource,
+                replace=current is not None,
+                local_base=self.local_base,
+                blind=blind_context(self.session, shield, res_type, resource is not None),
             )
         execute_batch(self.session, batch)  # one round trip on PostgreSQL
         if current is not None:
@@ -179,7 +215,7 @@ class ResourceRepository:
         stmt = stmt.order_by(Resource.res_type, Resource.res_id).limit(limit)
         if lock:
             stmt = stmt.with_for_update(of=Resource)
-        return [Stored(*row) for row in self.session.execute(stmt)]
+        return [_stored_row(row) for row in self.session.execute(stmt)]
 
     def count_current(self, res_type: str | None = None) -> int:
         stmt = select(func.count()).select_from(Resource).where(Resource.deleted.is_(False))

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from crypto.kms import generate_key_file
 from fhir_api import create_app
 from fhir_api.auth.keys import generate_signing_key_file
 from fhir_api.config import normalise_database_url
@@ -34,6 +35,20 @@ def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
         os.environ.pop("FHIR_AUTH_SIGNING_KEY_FILE", None)
     else:
         os.environ["FHIR_AUTH_SIGNING_KEY_FILE"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def crypto_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One keyring (key-encryption keys) for the run, given to every app through the environment."""
+    path = tmp_path_factory.mktemp("crypto") / "keyring.json"
+    generate_key_file(path)
+    previous = os.environ.get("FHIR_CRYPTO_KEY_FILE")
+    os.environ["FHIR_CRYPTO_KEY_FILE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("FHIR_CRYPTO_KEY_FILE", None)
+    else:
+        os.environ["FHIR_CRYPTO_KEY_FILE"] = previous
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +94,11 @@ def _empty_tables(url: str) -> None:
 
 
 @pytest.fixture
-def app(database_url: str):
-    application = create_app({"DATABASE_URL": database_url, "TESTING": True})
+def app(request: pytest.FixtureRequest, database_url: str):
+    """The app on the session's database; ``@pytest.mark.unprotected`` tests get protection switched off
+    (tests of the search engine's own semantics on elements that are protected by default)."""
+    protected = request.node.get_closest_marker("unprotected") is None
+    application = create_app({"DATABASE_URL": database_url, "TESTING": True, "PROTECTION": protected})
     yield application
     application.extensions["fhir_db"]["engine"].dispose()
     _empty_tables(database_url)

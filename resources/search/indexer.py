@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -13,7 +14,10 @@ from sqlalchemy.orm import Session
 
 from fhir_api.db import Batch, execute_batch
 from resources.search.definitions import SearchParam, params_for
-from resources.search.models import INDEX_TABLES, CompositeIndex, TokenIndex
+from resources.protection import service as protection
+from resources.protection.blind import BLINDABLE_TYPES, hashes_for_rows, hasher
+from resources.protection.service import IndexRoot, Protection
+from resources.search.models import INDEX_TABLES, BlindIndex, CompositeIndex, TokenIndex
 from resources.search.paths import compile_expression
 from resources.search.values import (
     COMPOSITE_EMPTY,
@@ -134,10 +138,44 @@ def tables_for(res_type: str) -> tuple[type, ...]:
     return tuple({table for _, table, _ in extractors(res_type)})
 
 
+@dataclass(frozen=True)
+class BlindContext:
+    """A type's protected parameters and the blind-index root key new rows are written under."""
+
+    protected: frozenset[str]
+    root: IndexRoot | None
+
+
+def blind_context(session: Session, shield: Protection, res_type: str, writing: bool) -> BlindContext | None:
+    protected = shield.protected_params(res_type)
+    if not protected:
+        return None
+    roots = shield.index_roots(session, create=True) if writing else ()
+    return BlindContext(protected, roots[0] if roots else None)
+
+
+def _blind_rows(res_type: str, res_id: str, code: str, rows: Rows, blind: BlindContext) -> Rows:
+    """A protected parameter's plain rows as keyed hashes (none for types blind indexes cannot serve)."""
+    param = params_for(res_type).get(code)
+    if blind.root is None or param is None or param.type not in BLINDABLE_TYPES:
+        return []
+    h = hasher(blind.root.root, res_type, code)
+    gen = blind.root.gen
+    return [
+        {"res_type": res_type, "res_id": res_id, "param": code, "hash": value, "gen": gen}
+        for value in hashes_for_rows(param.type, rows, h)
+    ]
+
+
 def index_rows(
-    res_type: str, res_id: str, resource: dict[str, Any], local_base: str | None = None
+    res_type: str,
+    res_id: str,
+    resource: dict[str, Any],
+    local_base: str | None = None,
+    blind: BlindContext | None = None,
 ) -> dict[type, Rows]:
-    """Index rows per table; values repeated within one parameter are stored once."""
+    """Index rows per table; values repeated within one parameter are stored once. A protected
+    parameter's values become blind-index rows only: no clear value reaches an index table."""
     out: dict[type, Rows] = {}
     for code, table, make_rows in extractors(res_type):
         try:
@@ -146,6 +184,10 @@ def index_rows(
             log.warning("index extraction failed for %s parameter %s", res_type, code, exc_info=True)
             continue
         if not rows:
+            continue
+        if blind is not None and code.removesuffix(IDENTIFIER_SUFFIX) in blind.protected:
+            if code in blind.protected:
+                out.setdefault(BlindIndex, []).extend(_blind_rows(res_type, res_id, code, rows, blind))
             continue
         seen: set[tuple[Any, ...]] = set()
         bucket = out.setdefault(table, [])
@@ -158,13 +200,14 @@ def index_rows(
     return out
 
 
+_ALL_TABLES = {*INDEX_TABLES.values(), BlindIndex}
 _DELETE = {
     model: delete(model.__table__).where(
         model.__table__.c.res_type == bindparam("res_type"), model.__table__.c.res_id == bindparam("res_id")
     )
-    for model in set(INDEX_TABLES.values())
+    for model in _ALL_TABLES
 }
-_INSERT = {model: insert(model.__table__) for model in set(INDEX_TABLES.values())}
+_INSERT = {model: insert(model.__table__) for model in _ALL_TABLES}
 
 
 def index_batch(
@@ -174,15 +217,15 @@ def index_batch(
     *,
     replace: bool,
     local_base: str | None = None,
+    blind: BlindContext | None = None,
 ) -> Batch:
     """The statements that replace a resource's index rows (none remain for a deleted resource)."""
     batch: Batch = []
     if replace:
-        batch += [
-            (_DELETE[table], [{"res_type": res_type, "res_id": res_id}]) for table in tables_for(res_type)
-        ]
+        tables = tables_for(res_type) + ((BlindIndex,) if blind is not None else ())
+        batch += [(_DELETE[table], [{"res_type": res_type, "res_id": res_id}]) for table in tables]
     if resource is not None:
-        rows_by_table = index_rows(res_type, res_id, resource, local_base)
+        rows_by_table = index_rows(res_type, res_id, resource, local_base, blind)
         batch += [(_INSERT[table], rows) for table, rows in rows_by_table.items() if rows]
     return batch
 
@@ -197,4 +240,6 @@ def write_index(
     local_base: str | None = None,
 ) -> None:
     """Replace a resource's index rows inside the caller's transaction."""
-    execute_batch(session, index_batch(res_type, res_id, resource, replace=replace, local_base=local_base))
+    blind = blind_context(session, protection.current(), res_type, resource is not None)
+    batch = index_batch(res_type, res_id, resource, replace=replace, local_base=local_base, blind=blind)
+    execute_batch(session, batch)

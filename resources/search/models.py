@@ -1,7 +1,8 @@
 """Search index tables, one per parameter type; each row is one indexed value of one current resource.
 
 Rows exist only for the current, non-deleted version of a resource: a write replaces them in the same
-transaction. Protected values (see the encryption issue) will be stored here only as keyed hashes.
+transaction. Protected values are never stored in these tables: their parameters are indexed in ``search_blind`` as
+keyed hashes (resources.protection.blind).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, Index, String, Text
+from sqlalchemy import BigInteger, Float, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from fhir_api.db import Base, UTCDateTime
@@ -167,3 +168,16 @@ class CompositeIndex(_IndexRow, Base):
 
 
 INDEX_TABLES["composite"] = CompositeIndex
+
+
+class BlindIndex(_IndexRow, Base):
+    """Keyed hashes of a protected parameter's values (resources.protection.blind), under the blind-index
+    root key of generation ``gen``; a search looks rows up by hash equality only."""
+
+    __tablename__ = "search_blind"
+    hash: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    gen: Mapped[int] = mapped_column(Integer, nullable=False)
+    __table_args__ = (
+        Index("ix_search_blind_hash", "res_type", "param", "hash"),
+        Index("ix_search_blind_res", "res_type", "res_id"),
+    )

@@ -18,14 +18,24 @@ from sqlalchemy import ColumnElement, and_, exists, false, func, literal, not_, 
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import AliasedClass
 
+from fhir_api import db
 from fhir_api.errors import BadRequest
 from resources.dates import DateRange, parse_range
 from resources.models import Resource
 from resources.registry import R4_RESOURCE_TYPES, supported_types
+from resources.protection import blind
+from resources.protection import service as protection
 from resources.search import values as normalise
 from resources.search.definitions import SearchParam, params_for
 from resources.search.indexer import IDENTIFIER_SUFFIX
-from resources.search.models import INDEX_TABLES, DateIndex, ReferenceIndex, TokenIndex, UriIndex
+from resources.search.models import (
+    INDEX_TABLES,
+    BlindIndex,
+    DateIndex,
+    ReferenceIndex,
+    TokenIndex,
+    UriIndex,
+)
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 # Parameters that shape results rather than filter them (handled by resources.search.results).
@@ -346,7 +356,14 @@ def _index_exists(
 def _missing(res_type: str, outer: AliasedClass[Resource], param: SearchParam, value: str, name: str):
     if value not in ("true", "false"):
         raise BadRequest(f"Parameter {name}: :missing takes true or false", expression=name)
-    present = _index_exists(res_type, outer, aliased(INDEX_TABLES[param.type]), param.code, None)
+    protected = param.code in protection.current().protected_params(param.base)
+    if protected and param.type not in blind.BLINDABLE_TYPES:
+        raise blind.Unservable(
+            f"Parameter {name}: {param.code} is indexed from a protected element and cannot be searched",
+            expression=name,
+        )
+    table = BlindIndex if protected else INDEX_TABLES[param.type]
+    present = _index_exists(res_type, outer, aliased(table), param.code, None)
     return not_(present) if value == "true" else present
 
 
@@ -411,6 +428,8 @@ def _matching(
 ) -> tuple[Any, str, ColumnElement[bool], bool]:
     """(index table alias, param column value, condition on the alias, whether to negate the EXISTS)."""
     code = param.code
+    if code in protection.current().protected_params(param.base):
+        return _blind_matching(ctx, param, modifier, value, name)
     if param.type == "reference" and modifier == "identifier":  # Reference.identifier, indexed as tokens
         tokens = aliased(TokenIndex)
         wanted = [v for v in split_unescaped(value, ",") if v != ""]
@@ -438,6 +457,75 @@ def _matching(
         inner = "" if modifier == "not" else "in"
         return table, code, or_(*[_token_clause(ctx, table, inner, v, name) for v in values]), True
     return table, code, or_(*[_value_clause(ctx, table, param, modifier, v, name) for v in values]), False
+
+
+def _blind_matching(
+    ctx: SearchContext, param: SearchParam, modifier: str, value: str, name: str
+) -> tuple[Any, str, ColumnElement[bool], bool]:
+    """A protected parameter: the same matching, as keyed-hash equality on ``search_blind``."""
+    if param.type not in blind.BLINDABLE_TYPES:
+        raise blind.Unservable(
+            f"Parameter {name}: {param.code} is indexed from a protected element, and {param.type} "
+            "parameters cannot be searched on protected data",
+            expression=name,
+        )
+    servable = {"string": {"", "exact"}, "token": {"", "not", "in", "not-in", "of-type"}, "date": {""}}
+    if modifier not in servable[param.type]:
+        if modifier and modifier not in MODIFIERS[param.type]:
+            raise BadRequest(
+                f"Parameter {name}: modifier ':{modifier}' is not supported for {param.type} parameters",
+                expression=name,
+            )
+        if modifier != "contains":
+            raise blind.Unservable(
+                f"Parameter {name}: :{modifier} cannot be served on a protected element (its values are "
+                "stored encrypted and searchable only by keyed hashes)",
+                expression=name,
+            )
+    values = [v for v in split_unescaped(value, ",") if v != ""]
+    if not values:
+        raise BadRequest(f"Parameter {name} has no value", expression=name)
+    session = ctx.session if ctx.session is not None else db.session()
+    hashers = protection.current().hashers(session, param.base, param.code)
+    wanted: list[int] = []
+    for v in values:
+        for h in hashers or [_NO_KEY]:  # without any key yet, still check the value (400 when wrong)
+            found = _blind_hashes(ctx, param, modifier, v, name, h)
+            if h is not _NO_KEY:
+                wanted += found
+    t = aliased(BlindIndex)
+    clause = t.hash.in_(sorted(set(wanted))) if wanted else false()
+    return t, param.code, clause, modifier in ("not", "not-in")
+
+
+def _NO_KEY(kind: str, value: str) -> int:
+    return 0
+
+
+def _blind_hashes(
+    ctx: SearchContext, param: SearchParam, modifier: str, value: str, name: str, h: blind.Hasher
+) -> list[int]:
+    if param.type == "string":
+        text = unescape(value)
+        return blind.string_hashes(modifier, text, normalise.normalize_text(text), h, name)
+    if param.type == "date":
+        prefix, text = split_prefix(value)
+        r = parse_range(text, name)
+        low, high = r.low, r.high
+        if prefix == "ap":
+            gap = max(abs(datetime.now(UTC) - r.low) / 10, timedelta(days=1))
+            low, high = r.low - gap, r.high + gap
+        return blind.date_hashes(prefix, low, high, h)
+    if modifier in ("in", "not-in"):
+        return blind.valueset_hashes(_valueset_codes(ctx, unescape(value), name), h)
+    parts = [unescape(p) for p in split_unescaped(value, "|")]
+    if modifier == "of-type" and len(parts) != 3:
+        raise BadRequest(f"Parameter {name}: :of-type needs system|code|value", expression=name)
+    if modifier != "of-type" and len(parts) > 2:
+        raise BadRequest(f"Parameter {name}: a token is [system]|[code]", expression=name)
+    if len(parts) == 2 and not parts[0] and not parts[1]:
+        raise BadRequest(f"Parameter {name}: empty token", expression=name)
+    return blind.token_hashes(modifier, parts, h, name)
 
 
 def _value_clause(

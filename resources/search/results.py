@@ -34,6 +34,8 @@ from fhir_api.http import dumps
 from resources.bundles import link_url
 from resources.models import Resource, ResourceVersion
 from resources.registry import supported_types
+from resources.protection import service as protection
+from resources.protection.blind import Unservable
 from resources.repository import Stored, stored_from_row
 from resources.search.compartments import compartment_clause
 from resources.search.definitions import params_for
@@ -181,6 +183,13 @@ def parse_request(
             param = params_for(res_type).get(key.code)
             if param is None or param.type not in (*SORT_COLUMNS, "date"):
                 raise BadRequest(f"Cannot sort {res_type} by '{key.code}'", expression="_sort")
+            if key.code in protection.current().protected_params(res_type):
+                raise Unservable(
+                    f"Cannot sort {res_type} by '{key.code}': its values are stored encrypted, and a "
+                    "keyed-hash index has no order. Sort by _id or _lastUpdated, or by an unprotected "
+                    "parameter",
+                    expression="_sort",
+                )
     filters = [(n, v) for n, v in args]
     return SearchRequest(
         res_type, types, filters, count, sort, cursor, includes, revincludes, total, summary_count

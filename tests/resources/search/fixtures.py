@@ -55,9 +55,12 @@ def empty_tables(url: str) -> None:
 
 
 @contextmanager
-def populated_client(database_url: str, build: Callable[[Any], None]) -> Iterator[Any]:
-    """A test client over a database that ``build`` fills once; emptied again on exit."""
-    app = create_app({"DATABASE_URL": database_url, "TESTING": True})
+def populated_client(
+    database_url: str, build: Callable[[Any], None], *, protected: bool = True
+) -> Iterator[Any]:
+    """A test client over a database that ``build`` fills once; emptied again on exit. ``protected``:
+    field-level encryption on (the default) or every element stored and indexed in clear."""
+    app = create_app({"DATABASE_URL": database_url, "TESTING": True, "PROTECTION": protected})
     client = authorized_client(app)
     try:
         build(client)
@@ -168,3 +171,15 @@ def outcome_entries(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 STRICT = {"Prefer": "handling=strict"}
 LENIENT = {"Prefer": "handling=lenient"}
+
+
+def protected(client: Any) -> bool:
+    return bool(client.application.config["PROTECTION"])
+
+
+def refused_as_protected(client: Any, query: str) -> dict[str, Any]:
+    """The single issue of a 400 that says the search cannot be served on protected (encrypted) data."""
+    issue = bad_request(client, query)
+    assert issue["details"]["coding"][0]["code"] == "protected-search", issue
+    assert "protected" in issue["diagnostics"]
+    return issue
