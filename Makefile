@@ -17,10 +17,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+DEMO_KEYS := FHIR_AUTH_SIGNING_KEY_FILE=var/keys/signing.jwk FHIR_CRYPTO_KEY_FILE=var/keys/keyring.json
+
 demo: install
 	$(BIN)/fhir-api db upgrade
-	$(BIN)/fhir-api seed --patients $(PATIENTS)
-	FHIR_AUTH_SIGNING_KEY_FILE=var/keys/signing.jwk $(BIN)/fhir-api demo-setup
+	$(DEMO_KEYS) $(BIN)/fhir-api demo-setup
+	$(DEMO_KEYS) $(BIN)/fhir-api seed --patients $(PATIENTS)
 	@echo ""
 	@echo "FHIR R4 API on http://$(HOST):$(PORT)/fhir/R4  (errors explained at http://$(HOST):$(PORT)/docs/errors)"
 	@echo "Every data request needs a SMART access token. In another terminal:"
@@ -28,7 +30,7 @@ demo: install
 	@echo "  curl -s -H \"Authorization: Bearer \$$TOKEN\" http://$(HOST):$(PORT)/fhir/R4/Patient/pat-0001"
 	@echo "  curl -s http://$(HOST):$(PORT)/fhir/R4/.well-known/smart-configuration"
 	@echo ""
-	FHIR_AUTH_SIGNING_KEY_FILE=var/keys/signing.jwk FHIR_PUBLIC_URL=http://$(HOST):$(PORT) \
+	$(DEMO_KEYS) FHIR_PUBLIC_URL=http://$(HOST):$(PORT) \
 		$(BIN)/fhir-api serve --host $(HOST) --port $(PORT) --workers 2
 
 test: install

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
@@ -58,12 +60,123 @@ def serve(host: str, port: int, workers: int | None) -> None:
     from fhir_api.auth.keys import AuthConfigurationError, signing_key
     from fhir_api.serving import GunicornApp, default_workers, gunicorn_options
 
+    app = create_app()
     try:
-        signing_key(create_app())  # refuse to start rather than fail every token request later
+        signing_key(app)  # refuse to start rather than fail every token request later
     except AuthConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
+    _check_encryption_keys(app)
 
     GunicornApp(gunicorn_options(f"{host}:{port}", workers or default_workers())).run()
+
+
+def _check_encryption_keys(app: Any) -> None:
+    """Refuse to serve without usable KEKs, and create the first blind-index key before workers fork."""
+    from fhir_api import db as database
+    from fhir_api.errors import FhirError
+
+    shield = app.extensions["fhir_protection"]
+    if not shield.enabled:
+        return
+    try:
+        with app.app_context():
+            shield.provider.current_kid()
+            with database.new_session() as s, database.write_transaction(s):
+                shield.index_roots(s, create=True)
+    except FhirError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """Encryption keys: key-encryption keys (KEKs) and the blind-index keys they wrap."""
+
+
+@keys_group.command("init")
+@click.argument("path", type=click.Path(dir_okay=False), default="var/keys/keyring.json")
+def keys_init(path: str) -> None:
+    """Create a key file with one random KEK (mode 0600); use it with FHIR_CRYPTO_KEY_FILE=PATH."""
+    from pathlib import Path
+
+    from crypto.kms import KeyConfigurationError, generate_key_file
+
+    try:
+        kid = generate_key_file(Path(path))
+    except KeyConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {path} with key {kid}")
+
+
+@keys_group.command("list")
+@with_appcontext
+def keys_list() -> None:
+    """The KEKs, which one is current, and how many stored keys each still wraps."""
+    from sqlalchemy import func, select
+
+    from fhir_api import db as database
+    from resources.models import ResourceVersion
+    from resources.protection.models import IndexKey
+
+    shield = current_app.extensions["fhir_protection"]
+    current = shield.provider.current_kid()
+    with database.new_session() as s:
+        counts = dict(
+            s.execute(
+                select(ResourceVersion.key_id, func.count())
+                .where(ResourceVersion.key_id.is_not(None))
+                .group_by(ResourceVersion.key_id)
+            ).all()
+        )
+        roots = s.execute(select(IndexKey.gen, IndexKey.state, IndexKey.key_id)).all()
+    for kid in shield.provider.kids():
+        mark = " (current)" if kid == current else ""
+        click.echo(f"{kid}{mark}: wraps {counts.get(kid, 0)} data keys")
+    for gen, state, kid in roots:
+        click.echo(f"blind-index key {gen} ({state}) wrapped by {kid}")
+
+
+@keys_group.command("rotate")
+@click.option("--batch", "batch_size", default=500, show_default=True, type=int)
+@click.option("--grace", default=2.0, show_default=True, type=float, help="Seconds before the last sweep.")
+@click.option("--resume", is_flag=True, help="Do not add a KEK: finish moving keys to the current one.")
+@with_appcontext
+def keys_rotate(batch_size: int, grace: float, resume: bool) -> None:
+    """Add a KEK, make it current, and re-wrap every data key under it (online, resumable)."""
+    from tqdm import tqdm
+
+    from fhir_api import db as database
+    from resources.protection.rotation import rewrap_all, stale_count
+
+    shield = current_app.extensions["fhir_protection"]
+    kid = shield.provider.current_kid() if resume else shield.provider.rotate()
+    click.echo(f"current key: {kid}")
+    with database.new_session() as s:
+        total = stale_count(s, kid)
+        with tqdm(total=total, unit="key", desc="re-wrapping", disable=None) as bar:
+            done = rewrap_all(s, shield, batch=batch_size, grace=grace, progress=bar.update)
+    click.echo(f"re-wrapped {done} keys under {kid}")
+
+
+@keys_group.command("retire")
+@click.argument("kid")
+@with_appcontext
+def keys_retire(kid: str) -> None:
+    """Remove a KEK from the keyring; refused while any stored key still uses it."""
+    from crypto.kms import KeyConfigurationError
+    from fhir_api import db as database
+    from resources.protection.rotation import in_use
+
+    shield = current_app.extensions["fhir_protection"]
+    with database.new_session() as s:
+        if in_use(s, kid):
+            raise click.ClickException(
+                f"{kid} still wraps stored keys: run `fhir-api keys rotate --resume` first"
+            )
+    try:
+        shield.provider.retire(kid)
+    except KeyConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"retired {kid}")
 
 
 @main.group("search")
@@ -202,6 +315,11 @@ def demo_setup(key_dir: str) -> None:
     if not signing.exists():
         generate_signing_key_file(signing)
         click.echo(f"created token-signing key {signing}")
+    keyring = Path(current_app.config.get("CRYPTO_KEY_FILE") or Path(key_dir, "keyring.json"))
+    if current_app.config.get("KMS_PROVIDER", "local") == "local" and not keyring.exists():
+        from crypto.kms import generate_key_file
+
+        click.echo(f"created encryption keyring {keyring} (key {generate_key_file(keyring)})")
     with database.new_session() as s:
         for name, role, client_id in ensure_demo_clients(s, Path(key_dir, "clients")):
             click.echo(f"  {name:<14} {role:<16} {client_id}")

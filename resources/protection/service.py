@@ -18,9 +18,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from crypto.envelope import Envelopes, FieldCipher, generate_secret, split_wrapped, version_aad, wrapped_text
-from crypto.kms import KeyProvider, provider_from_config
+from crypto.kms import KeyConfigurationError, KeyProvider, provider_from_config
 from fhir_api import db
-from fhir_api.errors import TamperedData
+from fhir_api.errors import KeyUnavailable, TamperedData
 from resources import jsonio
 from resources.protection.blind import Hasher, hasher
 from resources.protection.models import IndexKey
@@ -57,7 +57,11 @@ class Protection:
         if self._envelopes is None:
             with self._lock:
                 if self._envelopes is None:
-                    self._envelopes = Envelopes(provider_from_config(self._config))
+                    try:
+                        provider = provider_from_config(self._config)
+                    except KeyConfigurationError as exc:  # a running server says so per request (503)
+                        raise KeyUnavailable(f"Protected data needs encryption keys: {exc}") from None
+                    self._envelopes = Envelopes(provider)
         return self._envelopes
 
     @property

@@ -13,10 +13,10 @@ from sqlalchemy import bindparam, delete, insert
 from sqlalchemy.orm import Session
 
 from fhir_api.db import Batch, execute_batch
-from resources.search.definitions import SearchParam, params_for
 from resources.protection import service as protection
-from resources.protection.blind import BLINDABLE_TYPES, hashes_for_rows, hasher
+from resources.protection.blind import BLINDABLE_TYPES, hasher, hashes_for_rows
 from resources.protection.service import IndexRoot, Protection
+from resources.search.definitions import SearchParam, params_for
 from resources.search.models import INDEX_TABLES, BlindIndex, CompositeIndex, TokenIndex
 from resources.search.paths import compile_expression
 from resources.search.values import (

@@ -1,8 +1,8 @@
 """Search index tables, one per parameter type; each row is one indexed value of one current resource.
 
 Rows exist only for the current, non-deleted version of a resource: a write replaces them in the same
-transaction. Protected values are never stored in these tables: their parameters are indexed in ``search_blind`` as
-keyed hashes (resources.protection.blind).
+transaction. Protected values are never stored in these tables: their parameters are indexed in
+``search_blind`` as keyed hashes (resources.protection.blind).
 """
 
 from __future__ import annotations

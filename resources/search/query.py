@@ -22,9 +22,9 @@ from fhir_api import db
 from fhir_api.errors import BadRequest
 from resources.dates import DateRange, parse_range
 from resources.models import Resource
-from resources.registry import R4_RESOURCE_TYPES, supported_types
 from resources.protection import blind
 from resources.protection import service as protection
+from resources.registry import R4_RESOURCE_TYPES, supported_types
 from resources.search import values as normalise
 from resources.search.definitions import SearchParam, params_for
 from resources.search.indexer import IDENTIFIER_SUFFIX

@@ -33,9 +33,9 @@ from fhir_api.errors import BadRequest, Issue, operation_outcome
 from fhir_api.http import dumps
 from resources.bundles import link_url
 from resources.models import Resource, ResourceVersion
-from resources.registry import supported_types
 from resources.protection import service as protection
 from resources.protection.blind import Unservable
+from resources.registry import supported_types
 from resources.repository import Stored, stored_from_row
 from resources.search.compartments import compartment_clause
 from resources.search.definitions import params_for

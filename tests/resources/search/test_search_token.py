@@ -15,8 +15,8 @@ from tests.resources.search.fixtures import (
     patient,
     populated_client,
     protected,
-    refused_as_protected,
     put_all,
+    refused_as_protected,
 )
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"

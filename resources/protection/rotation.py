@@ -1,0 +1,113 @@
+"""Key rotation while serving: re-wrap every data key under the current KEK; retire a KEK nothing uses.
+
+Re-wrapping changes only ``resource_version.key_id``/``data_key`` (and the wrapped blind-index roots), one
+batch per short transaction, each row guarded by its old value so a concurrent rotation cannot clobber it.
+Readers open a row under either KEK while both are in the keyring; writers take the current KEK from the
+key file (re-read on change) or Vault. It is resumable by construction: it works on whatever rows still
+name another KEK, and it sweeps again after a grace period for versions written by workers that had not
+yet seen the new KEK.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from crypto.envelope import version_aad
+from fhir_api.db import write_transaction
+from resources.models import ResourceVersion
+from resources.protection.models import IndexKey
+from resources.protection.service import Protection, index_key_aad
+
+Progress = Callable[[int], Any]
+
+
+def stale_count(session: Session, current: str) -> int:
+    from sqlalchemy import func
+
+    versions = session.execute(
+        select(func.count()).where(ResourceVersion.key_id.is_not(None), ResourceVersion.key_id != current)
+    ).scalar_one()
+    roots = session.execute(select(func.count()).where(IndexKey.key_id != current)).scalar_one()
+    return int(versions) + int(roots)
+
+
+def _rewrap_versions(session: Session, shield: Protection, current: str, batch: int) -> int:
+    with write_transaction(session):
+        rows = session.execute(
+            select(
+                ResourceVersion.seq,
+                ResourceVersion.res_type,
+                ResourceVersion.res_id,
+                ResourceVersion.version,
+                ResourceVersion.data_key,
+            )
+            .where(ResourceVersion.key_id.is_not(None), ResourceVersion.key_id != current)
+            .order_by(ResourceVersion.seq)
+            .limit(batch)
+        ).all()
+        if not rows:
+            return 0
+        moved = shield.envelopes.rewrap(
+            [(r.data_key, version_aad(r.res_type, r.res_id, r.version)) for r in rows]
+        )
+        for row, (wrapped, kid) in zip(rows, moved, strict=True):
+            session.execute(
+                update(ResourceVersion)
+                .where(ResourceVersion.seq == row.seq, ResourceVersion.data_key == row.data_key)
+                .values(key_id=kid, data_key=wrapped)
+            )
+    return len(rows)
+
+
+def _rewrap_index_keys(session: Session, shield: Protection, current: str) -> int:
+    with write_transaction(session):
+        rows = session.execute(select(IndexKey.gen, IndexKey.wrapped).where(IndexKey.key_id != current)).all()
+        if rows:
+            moved = shield.envelopes.rewrap([(r.wrapped, index_key_aad(r.gen)) for r in rows])
+            for row, (wrapped, kid) in zip(rows, moved, strict=True):
+                session.execute(
+                    update(IndexKey)
+                    .where(IndexKey.gen == row.gen, IndexKey.wrapped == row.wrapped)
+                    .values(key_id=kid, wrapped=wrapped)
+                )
+    return len(rows)
+
+
+def rewrap_all(
+    session: Session,
+    shield: Protection,
+    *,
+    batch: int = 500,
+    grace: float = 2.0,
+    progress: Progress | None = None,
+) -> int:
+    """Move every wrapped key to the current KEK; returns how many were re-wrapped."""
+    done = 0
+    for sweep in range(2):
+        if sweep:
+            time.sleep(grace)  # workers that wrote with the previous KEK just before the switch
+        current = shield.provider.current_kid()
+        done += _rewrap_index_keys(session, shield, current)
+        while n := _rewrap_versions(session, shield, current, batch):
+            done += n
+            if progress:
+                progress(n)
+    return done
+
+
+def in_use(session: Session, kid: str) -> bool:
+    return bool(
+        session.execute(
+            select(
+                or_(
+                    exists().where(ResourceVersion.key_id == kid),
+                    exists().where(IndexKey.key_id == kid),
+                )
+            )
+        ).scalar()
+    )
