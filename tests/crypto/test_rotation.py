@@ -39,7 +39,8 @@ def rotating_app(app, database_url, keyring, monkeypatch):
 
 def _kids_in_use(app) -> set[str]:
     with app.app_context(), new_session() as s:
-        versions = s.execute(select(ResourceVersion.key_id).where(ResourceVersion.key_id.is_not(None))).scalars()
+        used = select(ResourceVersion.key_id).where(ResourceVersion.key_id.is_not(None))
+        versions = s.execute(used).scalars()
         roots = s.execute(select(IndexKey.key_id)).scalars()
         return set(versions) | set(roots)
 
@@ -52,10 +53,8 @@ def _cli(*args: str) -> str:
 
 def test_rotation_during_reads_and_writes(rotating_app):
     client = authorized_client(rotating_app)
-    ids = [
-        created_id(client.post("/fhir/R4/Patient", json=patient(name=[{"family": f"Rot{i}"}], birthDate="1970")))
-        for i in range(40)
-    ]
+    bodies = [patient(name=[{"family": f"Rot{i}"}], birthDate="1970") for i in range(40)]
+    ids = [created_id(client.post("/fhir/R4/Patient", json=body)) for body in bodies]
     old = rotating_app.extensions["fhir_protection"].provider.current_kid()
     assert _kids_in_use(rotating_app) == {old}
 
