@@ -157,6 +157,61 @@ def keys_rotate(batch_size: int, grace: float, resume: bool) -> None:
     click.echo(f"re-wrapped {done} keys under {kid}")
 
 
+@keys_group.command("rotate-index")
+@click.option("--batch", "batch_size", default=500, show_default=True, type=int)
+@click.option(
+    "--settle",
+    default=None,
+    type=float,
+    help="Seconds to wait for every worker to see the new key before rebuilding (default: their refresh "
+    "interval plus 2 s).",
+)
+@with_appcontext
+def keys_rotate_index(batch_size: int, settle: float | None) -> None:
+    """Replace the blind-index root key and rebuild the blind indexes online (resumable).
+
+    Searches keep returning everything meanwhile: they look rows up under the old and the new key."""
+    import time
+
+    from fhir_api import db as database
+    from resources import jsonio
+    from resources.protection.rotation import begin_index_rotation, finish_index_rotation, stale_index_rows
+    from resources.protection.service import INDEX_KEY_TTL
+    from resources.registry import supported_types
+    from resources.repository import ResourceRepository
+    from resources.search.indexer import write_index
+    from resources.search.reindex import reindex
+
+    shield = current_app.extensions["fhir_protection"]
+    with database.new_session() as s:
+        gen = begin_index_rotation(s, shield)
+    click.echo(f"blind-index key {gen} is being built")
+    time.sleep(INDEX_KEY_TTL + 2 if settle is None else settle)
+    local_base = current_app.config.get("PUBLIC_URL")
+    local_base = f"{local_base.rstrip('/')}/fhir/R4" if local_base else None
+    done = 0
+    for res_type in supported_types():
+        if shield.protected_params(res_type):
+            done += reindex(database.new_session, res_type, batch_size, progress=True, local_base=local_base)
+    with database.new_session() as s:  # rows a worker wrote under the old key before it saw the new one
+        for _ in range(100):
+            stragglers = stale_index_rows(s, gen)
+            if not stragglers:
+                break
+            with database.write_transaction(s):
+                repo = ResourceRepository(s)
+                for res_type, res_id in stragglers:
+                    current = repo.read(res_type, res_id)
+                    body = (
+                        None
+                        if current is None or current.deleted
+                        else jsonio.loads_trusted(current.body or "{}")
+                    )
+                    write_index(s, res_type, res_id, body, replace=True, local_base=local_base)
+        finish_index_rotation(s, shield, gen)
+    click.echo(f"rebuilt the blind indexes of {done} resources under key {gen}; older keys retired")
+
+
 @keys_group.command("retire")
 @click.argument("kid")
 @with_appcontext

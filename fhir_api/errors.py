@@ -7,6 +7,7 @@ exceptions as OperationOutcome, so no other error shape can leave the server.
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -261,5 +262,14 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         request_id = getattr(g, "request_id", "-")
-        log.exception("unhandled error on %s %s (request %s)", request.method, request.path, request_id)
+        # Where it failed, not what it said: an exception's message can quote protected values.
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        log.error(
+            "unhandled %s on %s %s (request %s)\n%s",
+            type(exc).__name__,
+            request.method,
+            request.path,
+            request_id,
+            frames,
+        )
         return render(FhirError(f"Internal server error (request id {request_id})"))

@@ -14,21 +14,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from crypto.envelope import version_aad
+from fhir_api.db import now as db_now
 from fhir_api.db import write_transaction
 from resources.models import ResourceVersion
 from resources.protection.models import IndexKey
 from resources.protection.service import Protection, index_key_aad
+from resources.search.models import BlindIndex
 
 Progress = Callable[[int], Any]
 
 
 def stale_count(session: Session, current: str) -> int:
-    from sqlalchemy import func
-
     versions = session.execute(
         select(func.count()).where(ResourceVersion.key_id.is_not(None), ResourceVersion.key_id != current)
     ).scalar_one()
@@ -111,3 +111,38 @@ def in_use(session: Session, kid: str) -> bool:
             )
         ).scalar()
     )
+
+
+# -- the blind-index root key ------------------------------------------------------------------------------
+def begin_index_rotation(session: Session, shield: Protection) -> int:
+    """A new root key generation in state ``building`` (or the one a previous run left), returned.
+
+    From the moment workers see it (``INDEX_KEY_TTL``), they write new rows under it and search under
+    every live generation, so results stay complete while the rows are rebuilt."""
+    with write_transaction(session):
+        building = session.execute(select(IndexKey.gen).where(IndexKey.state == "building")).scalar()
+        if building is not None:
+            return int(building)
+        gen = int(session.execute(select(func.coalesce(func.max(IndexKey.gen), 0))).scalar_one()) + 1
+        wrapped, kid = shield.new_index_key(gen)
+        session.add(IndexKey(gen=gen, state="building", key_id=kid, wrapped=wrapped, created_at=db_now()))
+    shield.forget_index_keys()
+    return gen
+
+
+def stale_index_rows(session: Session, gen: int, limit: int = 1000) -> list[tuple[str, str]]:
+    """Resources that still have blind-index rows under an older generation."""
+    rows = session.execute(
+        select(BlindIndex.res_type, BlindIndex.res_id).where(BlindIndex.gen != gen).distinct().limit(limit)
+    ).all()
+    return [(t, i) for t, i in rows]
+
+
+def finish_index_rotation(session: Session, shield: Protection, gen: int) -> None:
+    """Make ``gen`` the only live generation; refused while rows under another one remain."""
+    with write_transaction(session):
+        if stale_index_rows(session, gen, 1):
+            raise RuntimeError("blind-index rows under an older key remain; run the rebuild again")
+        session.execute(update(IndexKey).where(IndexKey.gen != gen).values(state="retired"))
+        session.execute(update(IndexKey).where(IndexKey.gen == gen).values(state="active"))
+    shield.forget_index_keys()

@@ -180,8 +180,9 @@ def index_rows(
     for code, table, make_rows in extractors(res_type):
         try:
             rows = make_rows(resource, local_base)
-        except Exception:  # one odd element must not make the resource unwritable
-            log.warning("index extraction failed for %s parameter %s", res_type, code, exc_info=True)
+        except Exception as exc:  # one odd element must not make the resource unwritable
+            # no message or traceback: either could quote the resource's (protected) values
+            log.warning("index extraction failed for %s parameter %s: %s", res_type, code, type(exc).__name__)
             continue
         if not rows:
             continue

@@ -503,12 +503,13 @@ def _fallback(expression: str) -> Accessor:
         root = node if resource is None else resource
         try:
             found = evaluate(node, {"resource": root, "rootResource": root})
-        except Exception:  # one odd resource must not make a write fail; the index just lacks the value
-            log.warning("FHIRPath evaluation failed for %r", expression, exc_info=True)
+        except Exception as exc:  # one odd resource must not make a write fail; the index just lacks it
+            # the exception's type only: its message or traceback could quote the resource's (protected) data
+            log.warning("FHIRPath evaluation failed for %r: %s", expression, type(exc).__name__)
             return []
         values = [_plain(v) for v in found]
         if any(type(v) is dict and v.get("$status") == "error" for v in values):  # how some functions fail
-            log.warning("FHIRPath evaluation failed for %r: %s", expression, values)
+            log.warning("FHIRPath evaluation failed for %r (an error result)", expression)
             return []
         return [v for v in values if v is not None and not (type(v) is dict and list(v) == ["extension"])]
 

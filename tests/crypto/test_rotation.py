@@ -17,6 +17,7 @@ from fhir_api.cli import main
 from fhir_api.db import new_session
 from resources.models import ResourceVersion
 from resources.protection.models import IndexKey
+from resources.search.models import BlindIndex
 from tests.helpers import authorized_client, created_id, patient
 
 
@@ -136,3 +137,32 @@ def test_keys_init_refuses_to_overwrite(tmp_path):
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     again = CliRunner().invoke(main, ["keys", "init", str(path)])
     assert again.exit_code != 0 and "exists" in again.output
+
+
+def test_blind_index_key_rotation_rebuilds_online(rotating_app):
+    client = authorized_client(rotating_app)
+    for i in range(12):
+        phone = [{"system": "phone", "value": f"555-{i}"}]
+        body = patient(name=[{"family": f"Idx{i}"}], birthDate=f"19{60 + i}-01-02", telecom=phone)
+        client.post("/fhir/R4/Patient", json=body)
+    before = {q: client.get(f"/fhir/R4/{q}").get_json().get("total") for q in QUERIES}
+    assert list(before.values()) == [3, 5, 1]  # Idx1, Idx10, Idx11; 1965-1969; one phone
+
+    output = _cli("keys", "rotate-index", "--settle", "0", "--batch", "5")
+    assert "under key 2" in output
+    shield = rotating_app.extensions["fhir_protection"]
+    shield.forget_index_keys()  # a worker's refresh interval, without waiting for it
+    with rotating_app.app_context(), new_session() as s:
+        gens = set(s.execute(select(BlindIndex.gen).distinct()).scalars())
+        states = dict(s.execute(select(IndexKey.gen, IndexKey.state)).all())
+    assert gens == {2}
+    assert states == {1: "retired", 2: "active"}
+    after = {q: client.get(f"/fhir/R4/{q}").get_json().get("total") for q in QUERIES}
+    assert after == before
+
+
+QUERIES = (
+    "Patient?family=idx1&_total=accurate",
+    "Patient?birthdate=ge1965&birthdate=lt1970&_total=accurate",
+    "Patient?telecom=555-3&_total=accurate",
+)
