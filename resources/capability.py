@@ -9,6 +9,7 @@ from flask import current_app
 from fhir_api import db
 from fhir_api.auth.discovery import capability_security
 from fhir_api.http import base_url
+from resources.protection import service as protection
 from resources.registry import supported_types
 from resources.search.definitions import params_for
 from resources.search.query import supported_param_types
@@ -27,13 +28,34 @@ def implemented_interactions() -> dict[str, set[str]]:
     return found
 
 
+PROTECTED_NOTE = (
+    "Protected: values are stored encrypted and searched through keyed-hash (blind) indexes. {served}; "
+    ":contains, :text and _sort on it are refused with 400."
+)
+_SERVED = {
+    "string": "Starts-with and :exact are served",
+    "token": "code, system|code, |code, system|, :not, :in, :not-in and :of-type are served",
+    "date": "every prefix is served, exactly",
+}
+
+
 def search_params(res_type: str) -> list[dict[str, str]]:
-    """The parameters the search engine can evaluate for a type, from the definitions registry."""
-    return [
-        {"name": code, "definition": param.url, "type": param.type}
-        for code, param in sorted(params_for(res_type).items())
-        if param.type in supported_param_types() and (param.expression or code in ("_id", "_lastUpdated"))
-    ]
+    """The parameters the search engine can evaluate for a type, from the definitions registry; those over
+    protected elements say how they are served."""
+    protected = protection.current().protected_params(res_type)
+    out = []
+    for code, param in sorted(params_for(res_type).items()):
+        if param.type in supported_param_types() and (param.expression or code in ("_id", "_lastUpdated")):
+            entry = {"name": code, "definition": param.url, "type": param.type}
+            if code in protected:
+                served = _SERVED.get(param.type)
+                entry["documentation"] = (
+                    PROTECTED_NOTE.format(served=served)
+                    if served
+                    else "Protected: values are stored encrypted; this parameter cannot be searched."
+                )
+            out.append(entry)
+    return out
 
 
 def capability_statement() -> dict[str, Any]:

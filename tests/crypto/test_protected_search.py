@@ -161,3 +161,12 @@ def test_delete_removes_blind_rows(client):
     put_all(client, PATIENTS[:2])
     assert client.delete("/fhir/R4/Patient/ann").status_code in (200, 204)
     assert ids_of(client.get("/fhir/R4/Patient?name=smi").get_json()) == ["bob"]
+
+
+def test_capability_statement_says_which_parameters_are_protected(anonymous):
+    rest = anonymous.get("/fhir/R4/metadata").get_json()["rest"][0]
+    patient = next(r for r in rest["resource"] if r["type"] == "Patient")
+    params = {p["name"]: p for p in patient["searchParam"]}
+    assert "Protected" in params["name"]["documentation"] and ":contains" in params["name"]["documentation"]
+    assert "Protected" in params["birthdate"]["documentation"]
+    assert "documentation" not in params["gender"]
