@@ -615,8 +615,13 @@ def _ids_matching(
     """
     head = name.partition(".")
     code, _, modifier = head[0].partition(":")
+    inner = aliased(Resource)
+    # The token's reach applies to the resources a chain or _has looks at, not only to those returned:
+    # filtering on what it may not read would tell real values from made-up ones.
+    reach = None if ctx.access is None else ctx.access.clause(ctx, res_type, inner, "s")
     if (
-        not head[1]
+        reach is None
+        and not head[1]
         and not name.startswith("_has:")
         and code not in ("_id", "_lastUpdated")
         and modifier != "missing"
@@ -630,11 +635,12 @@ def _ids_matching(
                         table.res_type == res_type, table.res_id == id_col, table.param == index_code, matches
                     )
                 )
-    inner = aliased(Resource)
     clause = parameter_clause(ctx, res_type, inner, name, value)
     conditions = [inner.res_type == res_type, inner.deleted.is_(False), inner.res_id == id_col]
     if clause is not None:
         conditions.append(clause)
+    if reach is not None:
+        conditions.append(reach)
     return exists(select(literal(1)).where(*conditions))
 
 
