@@ -140,10 +140,11 @@ def vread(
     repo: ResourceRepository, res_type: str, res_id: str, version: int, access: Access = UNRESTRICTED
 ) -> Stored:
     check_type(res_type)
+    # reach first: a hidden resource and an absent one must answer alike (no version count leaks)
+    _require_reach(repo, access, res_type, res_id, "r")
     found = repo.vread(res_type, res_id, version)
     if found is None:
         raise NotFound(f"{res_type}/{res_id} has no version {version}")
-    _require_reach(repo, access, res_type, res_id, "r")
     if found.deleted:
         raise Gone(f"Version {version} of {res_type}/{res_id} is a deletion")
     return found
