@@ -1,19 +1,23 @@
 """Blind indexes: keyed hashes of normalised protected values, so search finds them without clear text.
 
-Each search parameter of each resource type gets its own HMAC-SHA256 key, derived with HKDF from the
+Each search parameter of each resource type gets its own key, derived with HKDF-SHA256 from the
 blind-index root key, so equal values under two parameters hash differently and one parameter's index
-says nothing about another's. A hash is kept as its first 8 bytes, a signed 64-bit integer: a narrow,
-fast btree key, with a collision chance far below one in a billion for any realistic number of values.
+says nothing about another's. The hash is keyed BLAKE2b (a PRF in its keyed mode, like HMAC, and about
+three times faster here, which matters: a Patient has some 170 hashes, most of them name and address
+prefixes, computed incrementally). It is kept as 8 bytes, a signed 64-bit integer: a narrow, fast btree
+key, with a collision chance far below one in a billion for any realistic number of values.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 from functools import lru_cache
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+DIGEST_BYTES = 8
+_PERSON = b"fhir-blind-v1"
 
 
 @lru_cache(maxsize=4096)
@@ -23,7 +27,24 @@ def parameter_key(root: bytes, res_type: str, param: str) -> bytes:
     ).derive(root)
 
 
+def _int(digest: bytes) -> int:
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def blind_hash(key: bytes, kind: str, value: str) -> int:
     """The keyed hash of ``value`` in the namespace ``kind`` (prefix, exact, token form, date bucket)."""
-    digest = hmac.new(key, f"{kind}\x00{value}".encode(), hashlib.sha256).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+    return _int(
+        hashlib.blake2b(
+            f"{kind}\x00{value}".encode(), key=key, digest_size=DIGEST_BYTES, person=_PERSON
+        ).digest()
+    )
+
+
+def prefix_hashes(key: bytes, kind: str, value: str) -> list[int]:
+    """``blind_hash(key, kind, value[:n])`` for n = 1 .. len(value), sharing the hashing work."""
+    h = hashlib.blake2b(f"{kind}\x00".encode(), key=key, digest_size=DIGEST_BYTES, person=_PERSON)
+    out = []
+    for ch in value:
+        h.update(ch.encode())
+        out.append(_int(h.copy().digest()))
+    return out

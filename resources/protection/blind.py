@@ -18,22 +18,33 @@ Every parameter with a value also gets a presence row (``any``) for ``:missing``
 from __future__ import annotations
 
 import calendar
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from crypto.blind import blind_hash, parameter_key
+from crypto.blind import blind_hash, parameter_key, prefix_hashes
 from fhir_api.errors import BadRequest
 
 BLINDABLE_TYPES = frozenset({"string", "token", "date"})
 MIN_YEAR, MAX_YEAR = 1, 9999
 
-Hasher = Callable[[str, str], int]  # (kind, value) -> hash
+class Hasher:
+    """Keyed hashes for one parameter of one type under one root key."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def __call__(self, kind: str, value: str) -> int:
+        return blind_hash(self._key, kind, value)
+
+    def prefixes(self, kind: str, value: str) -> list[int]:
+        return prefix_hashes(self._key, kind, value)
 
 
 def hasher(root: bytes, res_type: str, param: str) -> Hasher:
-    key = parameter_key(root, res_type, param)
-    return lambda kind, value: blind_hash(key, kind, value)
+    return Hasher(parameter_key(root, res_type, param))
 
 
 # -- rows -------------------------------------------------------------------------------------------------
@@ -42,8 +53,7 @@ def hashes_for_rows(param_type: str, rows: list[dict[str, Any]], h: Hasher) -> s
     out = {h("any", "")}
     if param_type == "string":
         for row in rows:
-            norm = row["value_norm"]
-            out.update(h("p", norm[:n]) for n in range(1, len(norm) + 1))
+            out.update(h.prefixes("p", row["value_norm"]))
             out.add(h("x", row["value_exact"]))
     elif param_type == "token":
         for row in rows:
