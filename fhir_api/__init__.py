@@ -23,7 +23,12 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         app.config.get("DATABASE_URL") or config_module.default_database_url()
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    logging.getLogger("fhir_api").setLevel(app.config.get("LOG_LEVEL", "INFO"))
+    logger = logging.getLogger("fhir_api")
+    logger.setLevel(app.config.get("LOG_LEVEL", "INFO"))
+    if not logger.handlers:  # one line per request and warning on stderr, whoever serves the app
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logger.addHandler(handler)
 
     from fhir_api import db, docs, errors, health, http
     from fhir_api.auth import guard, keys, revocation

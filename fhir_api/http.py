@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -178,17 +180,47 @@ def parse_prefer() -> dict[str, str]:
 _PUBLIC_DOCUMENTS = ("/metadata", "/.well-known/smart-configuration", "/auth/jwks")
 
 
+access_log = logging.getLogger("fhir_api.access")
+
+
+def redacted_query() -> str:
+    """The query string with every value replaced: names say what was asked, values could be protected
+    data (a name, a birth date, an MRN), so none reaches a log."""
+    names = [name for name, _ in request.args.items(multi=True)]
+    return ("?" + "&".join(f"{name}=***" for name in names)) if names else ""
+
+
+def _log_request(resp: Response) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    started = getattr(g, "started", None)
+    elapsed = f"{(time.perf_counter() - started) * 1000:.1f}ms" if started else "-"
+    principal = getattr(g, "principal", None)
+    access_log.info(
+        "%s %s%s %s %s request=%s client=%s",
+        request.method,
+        request.path,
+        redacted_query(),
+        resp.status_code,
+        elapsed,
+        getattr(g, "request_id", "-"),
+        getattr(principal, "client_id", "-"),
+    )
+
+
 def init_app(app: Flask) -> None:
     """Request id in and out, and no caching of anything that may carry patient data."""
 
     @app.before_request
     def _request_id() -> None:
+        g.started = time.perf_counter()
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid.uuid4())
 
     @app.after_request
     def _headers(resp: Response) -> Response:
         resp.headers["X-Request-Id"] = getattr(g, "request_id", "") or str(uuid.uuid4())
+        _log_request(resp)
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         if request.path.startswith(("/fhir/", "/auth/", "/audit/")) and not request.path.endswith(
             _PUBLIC_DOCUMENTS
