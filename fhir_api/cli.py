@@ -212,6 +212,27 @@ def keys_rotate_index(batch_size: int, settle: float | None) -> None:
     click.echo(f"rebuilt the blind indexes of {done} resources under key {gen}; older keys retired")
 
 
+@keys_group.command("reseal")
+@click.option("--type", "res_type", default=None, help="Only this resource type.")
+@click.option("--batch", "batch_size", default=200, show_default=True, type=int)
+@with_appcontext
+def keys_reseal(res_type: str | None, batch_size: int) -> None:
+    """After the protection policy grew: seal what it now protects in every stored version, then rebuild
+    the search indexes (so no clear value of a newly protected element stays in storage)."""
+    from tqdm import tqdm
+
+    from fhir_api import db as database
+    from resources.protection.rotation import reseal
+    from resources.search.reindex import reindex
+
+    shield = current_app.extensions["fhir_protection"]
+    with database.new_session() as s, tqdm(unit="version", desc="resealing", disable=None) as bar:
+        changed = reseal(s, shield, res_type=res_type, batch=batch_size, progress=bar.update)
+    click.echo(f"resealed {changed} versions")
+    done = reindex(database.new_session, res_type, 500, progress=True)
+    click.echo(f"reindexed {done} resources")
+
+
 @keys_group.command("retire")
 @click.argument("kid")
 @with_appcontext

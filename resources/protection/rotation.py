@@ -146,3 +146,45 @@ def finish_index_rotation(session: Session, shield: Protection, gen: int) -> Non
         session.execute(update(IndexKey).where(IndexKey.gen != gen).values(state="retired"))
         session.execute(update(IndexKey).where(IndexKey.gen == gen).values(state="active"))
     shield.forget_index_keys()
+
+
+# -- policy changes ----------------------------------------------------------------------------------------
+def reseal(
+    session: Session,
+    shield: Protection,
+    *,
+    res_type: str | None = None,
+    batch: int = 200,
+    progress: Progress | None = None,
+) -> int:
+    """Store every version again under the current policy (after ``FHIR_PROTECTED_ELEMENTS`` grew, or
+    protection was switched on): elements now protected are sealed, nothing else changes. Returns how
+    many versions were rewritten. Search indexes follow with ``fhir-api search reindex``."""
+    from resources import jsonio
+    from resources.repository import stored_from_row
+
+    after, changed = 0, 0
+    while True:
+        with write_transaction(session):
+            stmt = select(ResourceVersion).where(
+                ResourceVersion.seq > after, ResourceVersion.body.is_not(None)
+            )
+            if res_type:
+                stmt = stmt.where(ResourceVersion.res_type == res_type)
+            rows = session.execute(stmt.order_by(ResourceVersion.seq).limit(batch)).scalars().all()
+            for row in rows:
+                clear = stored_from_row(row).body or "{}"
+                sealed = shield.seal(row.res_type, row.res_id, row.version, jsonio.loads_trusted(clear))
+                body, data_key, key_id = sealed if sealed else (clear, None, None)
+                if body != row.body:
+                    session.execute(
+                        update(ResourceVersion)
+                        .where(ResourceVersion.seq == row.seq)
+                        .values(body=body, data_key=data_key, key_id=key_id)
+                    )
+                    changed += 1
+        if not rows:
+            return changed
+        after = rows[-1].seq
+        if progress:
+            progress(len(rows))

@@ -166,3 +166,43 @@ QUERIES = (
     "Patient?birthdate=ge1965&birthdate=lt1970&_total=accurate",
     "Patient?telecom=555-3&_total=accurate",
 )
+
+
+def test_reseal_after_the_policy_grows(app, client, database_url, monkeypatch):
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "free text"},
+        "valueString": "Confidential-Remark-4711",
+    }
+    oid = created_id(client.post("/fhir/R4/Observation", json=obs))
+    client.put(f"/fhir/R4/Observation/{oid}", json={**obs, "id": oid, "valueString": "Second-Remark-4712"})
+
+    def raw() -> str:
+        with app.app_context(), new_session() as s:
+            bodies = s.execute(select(ResourceVersion.body).where(ResourceVersion.res_id == oid)).scalars()
+            return "\n".join(bodies)
+
+    assert "Confidential-Remark-4711" in raw()  # not protected by default
+
+    monkeypatch.setenv("FHIR_DATABASE_URL", database_url)
+    monkeypatch.setenv("FHIR_PROTECTED_ELEMENTS", "Observation.valueString")
+    output = _cli("keys", "reseal", "--type", "Observation")
+    assert "resealed 2 versions" in output
+    assert "Remark-47" not in raw()  # both versions, history included
+
+    grown = create_app(
+        {"DATABASE_URL": database_url, "TESTING": True, "PROTECTED_ELEMENTS": "Observation.valueString"}
+    )
+    try:
+        http = authorized_client(grown)
+        assert http.get(f"/fhir/R4/Observation/{oid}/_history/1").get_json()["valueString"].startswith("Conf")
+        found = http.get("/fhir/R4/Observation?value-string=second-rem").get_json()
+        assert [e["resource"]["id"] for e in found.get("entry", [])] == [oid]
+        with grown.app_context(), new_session() as s:
+            from resources.search.models import StringIndex
+
+            plain = s.execute(select(StringIndex.value_exact).where(StringIndex.res_id == oid)).scalars()
+            assert not [v for v in plain if "Remark" in v]
+    finally:
+        grown.extensions["fhir_db"]["engine"].dispose()
