@@ -14,6 +14,10 @@ _PATTERN = re.compile(
 )
 
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class DateRange:
     low: datetime
@@ -51,17 +55,28 @@ def parse_range(value: str, param: str = "date") -> DateRange:
         )
     except ValueError as exc:
         raise BadRequest(f"Parameter {param}: '{value}' is not a valid date") from exc
-    if p["f"]:
-        digits = len(p["f"]) - 1
-        high = low + timedelta(microseconds=10 ** max(0, 6 - digits))
-    elif p["S"]:
-        high = low + timedelta(seconds=1)
-    elif p["M"]:
-        high = low + timedelta(minutes=1)
-    elif p["d"]:
-        high = low + timedelta(days=1)
-    elif p["m"]:
-        high = _add_months(low, 1)
-    else:
-        high = low.replace(year=low.year + 1)
-    return DateRange(low.astimezone(UTC), high.astimezone(UTC))
+    try:
+        if p["f"]:
+            digits = len(p["f"]) - 1
+            high = low + timedelta(microseconds=10 ** max(0, 6 - digits))
+        elif p["S"]:
+            high = low + timedelta(seconds=1)
+        elif p["M"]:
+            high = low + timedelta(minutes=1)
+        elif p["d"]:
+            high = low + timedelta(days=1)
+        elif p["m"]:
+            high = _add_months(low, 1)
+        else:
+            high = low.replace(year=low.year + 1)
+    except (OverflowError, ValueError):  # a range ending after 9999-12-31: open above
+        high = _LATEST
+    return DateRange(_utc(low), _utc(high))
+
+
+def _utc(t: datetime) -> datetime:
+    """In UTC, clamped to the calendar (an offset can move 0001-01-01 before it, or 9999-12-31 after)."""
+    try:
+        return t.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return _EARLIEST if t.year == 1 else _LATEST

@@ -141,6 +141,9 @@ _LENGTH = {"Y": 1, "M": 2, "D": 3, "S": 6}
 def _unit_of(low: datetime, high: datetime) -> tuple[str, tuple[int, ...]] | None:
     """The calendar unit a stored [low, high) is, or None for other ranges (Periods, fractions)."""
     lo = low.astimezone(UTC)
+    if high - low < timedelta(seconds=1):  # a fractional-second instant: indexed as its second
+        lo = lo.replace(microsecond=0)
+        return "S", (lo.year, lo.month, lo.day, lo.hour, lo.minute, lo.second)
     for precision in _PRECISIONS:
         parts = (lo.year, lo.month, lo.day, lo.hour, lo.minute, lo.second)[: _LENGTH[precision]]
         if _start(precision, parts) == lo and _end(precision, parts) == high.astimezone(UTC):

@@ -241,3 +241,23 @@ def _protected_params(entries: frozenset[str], res_type: str) -> frozenset[str]:
         if param.type == "composite" and any(c in found for c, _ in param.components):
             found.add(code)
     return frozenset(found)
+
+
+@cache
+def complex_valued(res_type: str, param_code: str) -> bool:
+    """Whether a parameter's values can be complex elements (a Period, a Timing) rather than primitives:
+    blind date indexes hold calendar units, so such a protected parameter cannot be searched exactly."""
+    param = params_for(res_type).get(param_code)
+    cls = model_class(res_type)
+    if param is None or cls is None:
+        return True
+    for path in expression_paths(param):
+        current: list[type] = [cls]
+        for name in path.split(".")[1:]:
+            found = [f for c in current for f in _fields(c) if f.element == name or f.choice == name]
+            if not found:
+                return True  # a path the models do not know: assume the worst
+            if any(f.klass is not None for f in found) and name == path.split(".")[-1]:
+                return True
+            current = [f.klass for f in found if f.klass is not None]
+    return False

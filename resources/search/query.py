@@ -24,6 +24,7 @@ from resources.dates import DateRange, parse_range
 from resources.models import Resource
 from resources.protection import blind
 from resources.protection import service as protection
+from resources.protection.policy import complex_valued
 from resources.registry import R4_RESOURCE_TYPES, supported_types
 from resources.search import values as normalise
 from resources.search.definitions import SearchParam, params_for
@@ -467,6 +468,12 @@ def _blind_matching(
         raise blind.Unservable(
             f"Parameter {name}: {param.code} is indexed from a protected element, and {param.type} "
             "parameters cannot be searched on protected data",
+            expression=name,
+        )
+    if param.type == "date" and complex_valued(param.base, param.code):
+        raise blind.Unservable(
+            f"Parameter {name}: {param.code} is indexed from a protected element that holds periods, and "
+            "blind indexes hold dates as calendar units, so it cannot be searched exactly",
             expression=name,
         )
     servable = {"string": {"", "exact"}, "token": {"", "not", "in", "not-in", "of-type"}, "date": {""}}
