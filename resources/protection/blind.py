@@ -28,6 +28,7 @@ from fhir_api.errors import BadRequest
 BLINDABLE_TYPES = frozenset({"string", "token", "date"})
 MIN_YEAR, MAX_YEAR = 1, 9999
 
+
 class Hasher:
     """Keyed hashes for one parameter of one type under one root key."""
 
