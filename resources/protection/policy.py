@@ -29,6 +29,7 @@ _PERSON_ELEMENTS = ("name", "telecom", "address", "birthDate", "identifier.value
 DEFAULT_POLICY: tuple[str, ...] = (
     *(f"{t}.{e}" for t in PERSON_TYPES for e in _PERSON_ELEMENTS),
     "Patient.contact",
+    "Patient.extension",  # mother's maiden name, birth place, birth time, race, ethnicity...
     "Narrative.div",  # the narrative of every resource
     "Attachment.data",  # every inline attachment (photos, documents, extension values)
     "Annotation.text",  # every note
