@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from simplejson import RawJSON
+
 from crypto.envelope import FieldCipher
 from fhir_api.errors import TamperedData
 from resources import jsonio
@@ -81,15 +83,23 @@ def _seal_resource(value: dict[str, Any], pointer: str, policy: Policy, cipher: 
     return value if plan is None else _seal_object(value, plan, pointer, policy, cipher)
 
 
-def open_sealed(value: Any, cipher: FieldCipher, pointer: str = "") -> Any:
-    """``value`` with every ``{"$enc": ...}`` inside replaced by what it encrypts."""
-    if isinstance(value, dict):
-        token = value.get(MARKER)
-        if token is not None and len(value) == 1:
-            if not isinstance(token, str):
-                raise TamperedData(f"The protected value at {pointer or '/'} is not a ciphertext")
-            return jsonio.loads_trusted(cipher.open(token, pointer).decode())
-        return {k: open_sealed(v, cipher, f"{pointer}/{_escape(k)}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [open_sealed(v, cipher, f"{pointer}/{i}") for i, v in enumerate(value)]
-    return value
+def open_sealed(doc: Any, cipher: FieldCipher, pointer: str = "") -> Any:
+    """Replace, in place and in document order, every ``{"$enc": ...}`` inside a freshly parsed document
+    by what it encrypts.
+
+    The clear text is embedded as raw JSON (no parse and re-serialise of each value): the writer made it
+    with the same serialiser, and AES-GCM has just proven it is exactly what the writer sealed there."""
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc)
+    for key, value in items:
+        if isinstance(value, dict):
+            here = f"{pointer}/{_escape(key) if isinstance(key, str) else key}"
+            token = value.get(MARKER)
+            if token is not None and len(value) == 1:
+                if not isinstance(token, str):
+                    raise TamperedData(f"The protected value at {here} is not a ciphertext")
+                doc[key] = RawJSON(cipher.open(token, here).decode())
+            else:
+                open_sealed(value, cipher, here)
+        elif isinstance(value, list):
+            open_sealed(value, cipher, f"{pointer}/{_escape(key) if isinstance(key, str) else key}")
+    return doc
