@@ -120,13 +120,16 @@ def valueset_hashes(pairs: Iterable[tuple[str | None, str]], h: Hasher) -> list[
     return [h("sc", f"{s[:255]}\x00{c[:255]}") if s else h("c", c[:255]) for s, c in pairs]
 
 
-def date_hashes(prefix: str, low: datetime, high: datetime, h: Hasher) -> list[int]:
+def date_hashes(
+    prefix: str, low: datetime, high: datetime, h: Hasher, *, dates_only: bool = False
+) -> list[int]:
     """Hashes of the buckets holding exactly the stored values that ``prefix`` with [low, high) matches.
 
     The conditions mirror ``resources.search.query.date_condition`` on a value's [start, end) range; for
-    one precision, start and end grow with the unit, so each condition is a range of units."""
+    one precision, start and end grow with the unit, so each condition is a range of units. A parameter
+    whose values are all FHIR dates (``dates_only``) has no second-precision values to look for."""
     out: list[int] = []
-    for precision in _PRECISIONS:
+    for precision in _PRECISIONS[:3] if dates_only else _PRECISIONS:
         for first, last in _unit_ranges(precision, prefix, low, high):
             out.extend(h(f"d{precision}", key) for key in _cover(precision, first, last))
     return out
@@ -263,6 +266,7 @@ def _previous(precision: str, parts: tuple[int, ...]) -> tuple[int, ...]:
 def _bucket_keys(parts: tuple[int, ...]) -> Iterator[str]:
     """The keys of a unit's buckets, coarsest first: C19, X197, 1974, 1974-12, 1974-12-25, ...T10, ..."""
     y = parts[0]
+    yield f"K{y // 1000}"
     yield f"C{y // 100}"
     yield f"X{y // 10}"
     yield from _fine_keys(parts)
@@ -294,33 +298,36 @@ def _cover(precision: str, first: tuple[int, ...], last: tuple[int, ...]) -> lis
             elif level + 1 < depth:
                 walk(child, level + 1)
 
-    # Years in centuries and decades first, so a wide range is a few buckets.
+    # Years in millennia, centuries and decades first, so a wide or open range is a few buckets. No value
+    # lies outside [MIN_YEAR, MAX_YEAR], so a bucket is whole when its years inside that span are.
     y0, y1 = first[0], last[0]
-    for century in range(y0 // 100, y1 // 100 + 1):
-        c_lo, c_hi = max(century * 100, MIN_YEAR), min(century * 100 + 99, MAX_YEAR)
-        if (
-            _whole_years(c_lo, c_hi, first, last, depth)
-            and c_lo == century * 100
-            and c_hi == century * 100 + 99
-        ):
-            out.append(f"C{century}")
+    for millennium in range(y0 // 1000, y1 // 1000 + 1):
+        m_lo, m_hi = max(millennium * 1000, MIN_YEAR), min(millennium * 1000 + 999, MAX_YEAR)
+        if _whole_years(m_lo, m_hi, first, last, depth):
+            out.append(f"K{millennium}")
             continue
-        for decade in range(max(c_lo, y0) // 10, min(c_hi, y1) // 10 + 1):
-            d_lo, d_hi = max(decade * 10, MIN_YEAR), min(decade * 10 + 9, MAX_YEAR)
-            if (
-                _whole_years(d_lo, d_hi, first, last, depth)
-                and d_lo == decade * 10
-                and d_hi == decade * 10 + 9
-            ):
-                out.append(f"X{decade}")
+        for century in range(max(m_lo, y0) // 100, min(m_hi, y1) // 100 + 1):
+            c_lo, c_hi = max(century * 100, MIN_YEAR), min(century * 100 + 99, MAX_YEAR)
+            if _whole_years(c_lo, c_hi, first, last, depth):
+                out.append(f"C{century}")
                 continue
-            for year in range(max(d_lo, y0), min(d_hi, y1) + 1):
-                unit = (year,)
-                if _whole_years(year, year, first, last, depth):
-                    out.append(f"{year:04d}")
-                elif depth > 1:
-                    walk(unit, 1)
+            for decade in range(max(c_lo, y0) // 10, min(c_hi, y1) // 10 + 1):
+                d_lo, d_hi = max(decade * 10, MIN_YEAR), min(decade * 10 + 9, MAX_YEAR)
+                if _whole_years(d_lo, d_hi, first, last, depth):
+                    out.append(f"X{decade}")
+                    continue
+                _years(out, walk, max(d_lo, y0), min(d_hi, y1), first, last, depth)
     return out
+
+
+def _years(
+    out: list[str], walk: Any, y_lo: int, y_hi: int, first: tuple[int, ...], last: tuple[int, ...], depth: int
+) -> None:
+    for year in range(y_lo, y_hi + 1):
+        if _whole_years(year, year, first, last, depth):
+            out.append(f"{year:04d}")
+        elif depth > 1:
+            walk((year,), 1)
 
 
 def _whole_years(y_lo: int, y_hi: int, first: tuple[int, ...], last: tuple[int, ...], depth: int) -> bool:

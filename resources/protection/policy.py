@@ -97,6 +97,7 @@ class _Field:
     choice: str | None  # value for valueAttachment
     klass: type | None  # the complex type's model, None for primitives
     is_resource: bool  # typed Resource: a contained or bundled resource, planned by its resourceType
+    primitive: str | None = None  # the FHIR primitive type of a primitive element: Date, DateTime...
 
 
 def _type_class(name: str) -> type | None:
@@ -122,6 +123,18 @@ def _unwrap(annotation: Any) -> Any:
             return annotation
 
 
+def _primitive(annotation: Any) -> str | None:
+    """``Date`` for ``Optional[Annotated[date, Date()]]``: the FHIR primitive marker, if any."""
+    while True:
+        if typing.get_origin(annotation) is typing.Annotated:
+            marks = [type(m).__name__ for m in getattr(annotation, "__metadata__", ())]
+            return marks[0] if marks else None
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if not args:
+            return None
+        annotation = args[0]
+
+
 @cache
 def _fields(cls: type) -> tuple[_Field, ...]:
     out = []
@@ -134,7 +147,9 @@ def _fields(cls: type) -> tuple[_Field, ...]:
         klass = target.get_model_klass() if hasattr(target, "get_model_klass") else None
         is_resource = klass is not None and klass.__name__ == "Resource"
         choice = extra.get("one_of_many")
-        out.append(_Field(key, key, choice if isinstance(choice, str) else None, klass, is_resource))
+        primitive = None if klass is not None else _primitive(info.annotation)
+        choice_name = choice if isinstance(choice, str) else None
+        out.append(_Field(key, key, choice_name, klass, is_resource, primitive))
     return tuple(out)
 
 
@@ -242,6 +257,25 @@ def _protected_params(entries: frozenset[str], res_type: str) -> frozenset[str]:
         if param.type == "composite" and any(c in found for c, _ in param.components):
             found.add(code)
     return frozenset(found)
+
+
+@cache
+def date_only(res_type: str, param_code: str) -> bool:
+    """Whether every value of a date parameter is a FHIR ``date`` (no time of day): then its blind index
+    needs no second-precision buckets."""
+    param = params_for(res_type).get(param_code)
+    cls = model_class(res_type)
+    if param is None or cls is None:
+        return False
+    for path in expression_paths(param):
+        current: list[type] = [cls]
+        found: list[_Field] = []
+        for name in path.split(".")[1:]:
+            found = [f for c in current for f in _fields(c) if f.element == name or f.choice == name]
+            current = [f.klass for f in found if f.klass is not None]
+        if not found or any(f.primitive != "Date" for f in found):
+            return False
+    return True
 
 
 @cache

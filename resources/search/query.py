@@ -24,7 +24,7 @@ from resources.dates import DateRange, parse_range
 from resources.models import Resource
 from resources.protection import blind
 from resources.protection import service as protection
-from resources.protection.policy import complex_valued
+from resources.protection.policy import complex_valued, date_only
 from resources.registry import R4_RESOURCE_TYPES, supported_types
 from resources.search import values as normalise
 from resources.search.definitions import SearchParam, params_for
@@ -521,7 +521,7 @@ def _blind_hashes(
         if prefix == "ap":
             gap = max(abs(datetime.now(UTC) - r.low) / 10, timedelta(days=1))
             low, high = r.low - gap, r.high + gap
-        return blind.date_hashes(prefix, low, high, h)
+        return blind.date_hashes(prefix, low, high, h, dates_only=date_only(param.base, param.code))
     if modifier in ("in", "not-in"):
         return blind.valueset_hashes(_valueset_codes(ctx, unescape(value), name), h)
     parts = [unescape(p) for p in split_unescaped(value, "|")]
