@@ -24,6 +24,7 @@ from typing import Any
 
 from crypto.blind import blind_hash, parameter_key, prefix_hashes
 from fhir_api.errors import BadRequest
+from resources.search.values import normalize_text
 
 BLINDABLE_TYPES = frozenset({"string", "token", "date"})
 MIN_YEAR, MAX_YEAR = 1, 9999
@@ -76,6 +77,24 @@ def hashes_for_rows(param_type: str, rows: list[dict[str, Any]], h: Hasher) -> s
     return out
 
 
+def part_hashes(nodes: list[Any], parts: tuple[str, ...], h: Hasher) -> set[int]:
+    """A HumanName or Address parameter's owner rows: each part's values under its own label, so the
+    owner's rows also answer ``family``, ``given``, ``address-city``... (resources.protection.policy
+    .string_groups)."""
+    out = {h("any", "")}
+    for node in nodes:
+        if not isinstance(node, dict):
+            continue
+        for part in parts:
+            value = node.get(part)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str) and item:
+                    out.add(h(f"any:{part}", ""))
+                    out.update(h.prefixes(f"p:{part}", normalize_text(item)))
+                    out.add(h(f"x:{part}", item))
+    return out
+
+
 # -- query side ------------------------------------------------------------------------------------------
 class Unservable(BadRequest):
     """A search that blind indexes cannot answer (said plainly, never answered wrongly)."""
@@ -90,7 +109,15 @@ class Unservable(BadRequest):
     )
 
 
-def string_hashes(modifier: str, value: str, norm: str, h: Hasher, name: str) -> list[int]:
+def string_hashes(
+    modifier: str, value: str, norm: str, h: Hasher, name: str, parts: tuple[str, ...] | None = None
+) -> list[int]:
+    """``parts``: the HumanName/Address parts searched when the rows are labelled by part (a group)."""
+    if parts is not None:
+        if modifier == "exact":
+            return [h(f"x:{part}", value) for part in parts]
+        if modifier != "contains":
+            return [h(f"p:{part}", norm) if norm else h(f"any:{part}", "") for part in parts]
     if modifier == "exact":
         return [h("x", value)]
     if modifier == "contains":

@@ -296,3 +296,50 @@ def complex_valued(res_type: str, param_code: str) -> bool:
                 return True
             current = [f.klass for f in found if f.klass is not None]
     return False
+
+
+HUMAN_NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
+ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", "text")
+_PART_TYPES = {"HumanName": HUMAN_NAME_PARTS, "Address": ADDRESS_PARTS}
+
+
+def _complex_type_at(cls: type, path: str) -> str | None:
+    current: list[type] = [cls]
+    found: list[_Field] = []
+    for name in path.split(".")[1:]:
+        found = [f for c in current for f in _fields(c) if f.element == name]
+        current = [f.klass for f in found if f.klass is not None]
+    return current[0].__name__ if len(current) == 1 and found else None
+
+
+@cache
+def string_groups(res_type: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """String parameters that search parts of one HumanName or Address element: code -> (the owner
+    parameter whose blind rows hold every part, labelled; the parts this code searches).
+
+    ``name``, ``phonetic`` -> (name, every HumanName part); ``family`` -> (name, (family,));
+    ``address-city`` -> (address, (city,)). Blind rows are then written once, under the owner, instead of
+    once per parameter: a Patient's rows drop by about 40 %."""
+    cls = model_class(res_type)
+    if cls is None:
+        return {}
+    params = params_for(res_type)
+    single = {
+        code: paths[0]
+        for code, p in params.items()
+        if p.type == "string" and len(paths := expression_paths(p)) == 1
+    }
+    owners: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for code, path in sorted(single.items(), key=lambda kv: kv[0] != kv[1].rsplit(".", 1)[-1]):
+        parts = _PART_TYPES.get(_complex_type_at(cls, path) or "")
+        if parts and path not in owners:  # the code named like the element (name, address) owns it
+            owners[path] = (code, parts)
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for code, path in single.items():
+        if path in owners:
+            out[code] = owners[path]
+            continue
+        parent, _, part = path.rpartition(".")
+        if parent in owners and part in owners[parent][1]:
+            out[code] = (owners[parent][0], (part,))
+    return out

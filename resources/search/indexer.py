@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from fhir_api.db import Batch, execute_batch
 from resources.protection import service as protection
-from resources.protection.blind import BLINDABLE_TYPES, hasher, hashes_for_rows
+from resources.protection.blind import BLINDABLE_TYPES, hasher, hashes_for_rows, part_hashes
+from resources.protection.policy import string_groups
 from resources.protection.service import IndexRoot, Protection
 from resources.search.definitions import SearchParam, params_for
 from resources.search.models import INDEX_TABLES, BlindIndex, CompositeIndex, TokenIndex
@@ -154,16 +155,32 @@ def blind_context(session: Session, shield: Protection, res_type: str, writing: 
     return BlindContext(protected, roots[0] if roots else None)
 
 
-def _blind_rows(res_type: str, res_id: str, code: str, rows: Rows, blind: BlindContext) -> Rows:
-    """A protected parameter's plain rows as keyed hashes (none for types blind indexes cannot serve)."""
+@cache
+def _accessor(res_type: str, code: str) -> Callable[[Any, Any], list[Any]]:
+    return compile_expression(params_for(res_type)[code].expression)
+
+
+def _blind_rows(
+    res_type: str, res_id: str, code: str, rows: Rows, blind: BlindContext, resource: dict[str, Any]
+) -> Rows:
+    """A protected parameter's plain rows as keyed hashes (none for types blind indexes cannot serve).
+
+    The parts of a HumanName or Address are hashed once, labelled, under the owning parameter (``name``,
+    ``address``); the parameters that search single parts (``family``, ``address-city``) write nothing."""
     param = params_for(res_type).get(code)
     if blind.root is None or param is None or param.type not in BLINDABLE_TYPES:
         return []
+    group = string_groups(res_type).get(code)
+    if group is not None and group[0] != code:
+        return []  # searched through the owner's labelled rows
     h = hasher(blind.root.root, res_type, code)
+    if group is not None:
+        hashes = part_hashes(_accessor(res_type, code)(resource, resource), group[1], h)
+    else:
+        hashes = hashes_for_rows(param.type, rows, h)
     gen = blind.root.gen
     return [
-        {"res_type": res_type, "res_id": res_id, "param": code, "hash": value, "gen": gen}
-        for value in hashes_for_rows(param.type, rows, h)
+        {"res_type": res_type, "res_id": res_id, "param": code, "hash": value, "gen": gen} for value in hashes
     ]
 
 
@@ -188,7 +205,8 @@ def index_rows(
             continue
         if blind is not None and code.removesuffix(IDENTIFIER_SUFFIX) in blind.protected:
             if code in blind.protected:
-                out.setdefault(BlindIndex, []).extend(_blind_rows(res_type, res_id, code, rows, blind))
+                found = _blind_rows(res_type, res_id, code, rows, blind, resource)
+                out.setdefault(BlindIndex, []).extend(found)
             continue
         seen: set[tuple[Any, ...]] = set()
         bucket = out.setdefault(table, [])

@@ -24,7 +24,7 @@ from resources.dates import DateRange, parse_range
 from resources.models import Resource
 from resources.protection import blind
 from resources.protection import service as protection
-from resources.protection.policy import complex_valued, date_only
+from resources.protection.policy import complex_valued, date_only, string_groups
 from resources.registry import R4_RESOURCE_TYPES, supported_types
 from resources.search import values as normalise
 from resources.search.definitions import SearchParam, params_for
@@ -363,9 +363,23 @@ def _missing(res_type: str, outer: AliasedClass[Resource], param: SearchParam, v
             f"Parameter {name}: {param.code} is indexed from a protected element and cannot be searched",
             expression=name,
         )
-    table = BlindIndex if protected else INDEX_TABLES[param.type]
-    present = _index_exists(res_type, outer, aliased(table), param.code, None)
+    if protected:
+        present = _blind_presence(res_type, outer, param)
+    else:
+        present = _index_exists(res_type, outer, aliased(INDEX_TABLES[param.type]), param.code, None)
     return not_(present) if value == "true" else present
+
+
+def _blind_presence(res_type: str, outer: AliasedClass[Resource], param: SearchParam) -> ColumnElement[bool]:
+    """Whether a protected parameter has a value: its presence hash (per part, for grouped parts)."""
+    group = string_groups(param.base).get(param.code)
+    owner = group[0] if group else param.code
+    if group is None or group[0] == param.code:
+        return _index_exists(res_type, outer, aliased(BlindIndex), owner, None)
+    t = aliased(BlindIndex)
+    hashers = protection.current().hashers(db.session(), param.base, owner)
+    wanted = [h(f"any:{part}", "") for h in hashers for part in group[1]]
+    return _index_exists(res_type, outer, t, owner, t.hash.in_(wanted) if wanted else false())
 
 
 def _special(res_type: str, outer: AliasedClass[Resource], code: str, modifier: str, value: str, name: str):
@@ -493,7 +507,9 @@ def _blind_matching(
     if not values:
         raise BadRequest(f"Parameter {name} has no value", expression=name)
     session = ctx.session if ctx.session is not None else db.session()
-    hashers = protection.current().hashers(session, param.base, param.code)
+    group = string_groups(param.base).get(param.code)
+    owner = group[0] if group else param.code  # a HumanName/Address part is found in its owner's rows
+    hashers = protection.current().hashers(session, param.base, owner)
     wanted: list[int] = []
     for v in values:
         for h in hashers or [_NO_KEY]:  # without any key yet, still check the value (400 when wrong)
@@ -502,7 +518,7 @@ def _blind_matching(
                 wanted += found
     t = aliased(BlindIndex)
     clause = t.hash.in_(sorted(set(wanted))) if wanted else false()
-    return t, param.code, clause, modifier in ("not", "not-in")
+    return t, owner, clause, modifier in ("not", "not-in")
 
 
 _NO_KEY = blind.Hasher(b"\x00" * 32)  # stands in while no key exists yet: values are still checked
@@ -513,7 +529,9 @@ def _blind_hashes(
 ) -> list[int]:
     if param.type == "string":
         text = unescape(value)
-        return blind.string_hashes(modifier, text, normalise.normalize_text(text), h, name)
+        group = string_groups(param.base).get(param.code)
+        parts = group[1] if group else None
+        return blind.string_hashes(modifier, text, normalise.normalize_text(text), h, name, parts)
     if param.type == "date":
         prefix, text = split_prefix(value)
         r = parse_range(text, name)
