@@ -497,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     servers: list[Server] = []
+    from crypto.kms import generate_key_file
+
     with (
         tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp,
         bench_database(args.database_url) as db_url,
@@ -511,9 +513,12 @@ def main(argv: list[str] | None = None) -> int:
             app_port, floor_port = free_port(), free_port()
             app_argv = [str(fhir_api_bin), "serve", "--host", "127.0.0.1", "--port", str(app_port)]
             key_file = work / "signing.jwk"
+            keyring = work / "keyring.json"  # protected elements sealed, as in production
+            generate_key_file(keyring)
             app_env = {
                 **app_env,
                 "FHIR_AUTH_SIGNING_KEY_FILE": str(key_file),
+                "FHIR_CRYPTO_KEY_FILE": str(keyring),
                 "FHIR_PUBLIC_URL": f"http://127.0.0.1:{app_port}",
             }
             token = token_minter(key_file, f"http://127.0.0.1:{app_port}")

@@ -49,6 +49,7 @@ from crud import (
     free_port,
     run_python,
     run_wrk,
+    token_minter,
 )
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -330,7 +331,9 @@ class Latency:
         return sum(1 for m in self.matches if m == 0)
 
 
-def measure_latency(port: int, samples: dict[str, list[Args]], warmup: int) -> dict[str, Latency]:
+def measure_latency(
+    port: int, samples: dict[str, list[Args]], warmup: int, token: Any
+) -> dict[str, Latency]:
     """One sequential keep-alive client; queries interleaved round-robin so that a transient disturbance
     of the shared machine hits all of them alike. Warm-up repeats the first ``warmup`` parameter sets."""
     base = f"http://127.0.0.1:{port}/fhir/R4"
@@ -342,6 +345,7 @@ def measure_latency(port: int, samples: dict[str, list[Args]], warmup: int) -> d
             for k in ks:
                 for q in QUERIES:
                     args = samples[q.label][k]
+                    http.headers["Authorization"] = f"Bearer {token()}"  # cached; renewed each minute
                     t0 = time.perf_counter()
                     try:
                         resp = http.get(f"{base}/{q.res_type}", params=args, timeout=30)
@@ -714,8 +718,20 @@ def index_row_count(res_type: str, body: dict[str, Any]) -> int:
 
 
 def server_env(db_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a server: no FHIR_* of the caller's, but the run's encryption keyring."""
     env = {k: val for k, val in os.environ.items() if not k.startswith("FHIR_")}
-    return {**env, "FHIR_DATABASE_URL": db_url, **extra}
+    keyring = os.environ.get("FHIR_CRYPTO_KEY_FILE")
+    keys = {"FHIR_CRYPTO_KEY_FILE": keyring} if keyring else {}
+    return {**env, "FHIR_DATABASE_URL": db_url, **keys, **extra}
+
+
+def authorized(work: Path, env: dict[str, str], port: int) -> tuple[dict[str, str], Any]:
+    """A server environment with its own token-signing key and public URL, and a minter of its tokens
+    (every FHIR data request needs a bearer token whose audience is that URL)."""
+    base = f"http://127.0.0.1:{port}"
+    key_file = work / f"signing-{port}.jwk"
+    minter = token_minter(key_file, base)
+    return {**env, "FHIR_AUTH_SIGNING_KEY_FILE": str(key_file), "FHIR_PUBLIC_URL": base}, minter
 
 
 def upgrade(fhir_api_bin: Path, env: dict[str, str]) -> None:
@@ -746,10 +762,12 @@ def measure_indexing(
         dbs = {"indexed": db_indexed, "no-index": db_plain}
         try:
             ports = {}
+            minters: dict[str, Any] = {}
             for name, db_url in dbs.items():
                 env = server_env(db_url, FHIR_SEARCH_INDEXING="true" if name == "indexed" else "false")
                 upgrade(fhir_api_bin, env)
                 port = ports[name] = free_port()
+                env, minters[name] = authorized(work, env, port)
                 argv = [str(fhir_api_bin), "serve", "--host", "127.0.0.1", "--port", str(port)]
                 servers.append(Server(name, [*argv, "--workers", str(args.create_workers)], env, port, work))
             for srv in servers:
@@ -765,7 +783,9 @@ def measure_indexing(
                 body_file = work / f"{res_type}.json"
                 body_file.write_text(simplejson.dumps(body, use_decimal=True, separators=(",", ":")))
                 path = f"/fhir/R4/{res_type}"
-                targets = {n: Target(n, p, path, path + "/", FHIR_JSON) for n, p in ports.items()}
+                targets = {
+                    n: Target(n, p, path, path + "/", FHIR_JSON, token=minters[n]) for n, p in ports.items()
+                }
                 for t in targets.values():  # warm-up
                     load(t, "create", args.create_clients, args.warmup_seconds, body_file)
                 runs: dict[str, list[LoadResult]] = {n: [] for n in targets}
@@ -905,13 +925,14 @@ def run_search(args: argparse.Namespace, fhir_api_bin: Path, work: Path) -> list
                 flush=True,
             )
             port = free_port()
+            srv_env, minter = authorized(work, env, port)
             argv = [str(fhir_api_bin), "serve", "--host", "127.0.0.1", "--port", str(port)]
-            srv = Server(f"search-{loaded}", [*argv, "--workers", str(args.workers)], env, port, work)
+            srv = Server(f"search-{loaded}", [*argv, "--workers", str(args.workers)], srv_env, port, work)
             try:
                 srv.start()
                 srv.wait_ready(args.workers)
                 t0 = time.monotonic()
-                latency = measure_latency(port, samples, args.warmup)
+                latency = measure_latency(port, samples, args.warmup, minter)
                 print(
                     f"  timed {args.requests} requests per query after {args.warmup} warm-up, one sequential "
                     f"client, {args.workers} sync workers: {time.monotonic() - t0:.0f} s "
@@ -947,6 +968,11 @@ def main(argv: list[str] | None = None) -> int:
     index_rows: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="fhir-bench-search-") as tmp:
         work = Path(tmp)
+        from crypto.kms import generate_key_file
+
+        keyring = work / "keyring.json"  # protected elements are sealed, as in production
+        generate_key_file(keyring)
+        os.environ["FHIR_CRYPTO_KEY_FILE"] = str(keyring)  # the loader processes' apps read it too
         if not args.skip_search:
             phases = run_search(args, fhir_api_bin, work)
         if not args.skip_indexing:
