@@ -331,9 +331,7 @@ class Latency:
         return sum(1 for m in self.matches if m == 0)
 
 
-def measure_latency(
-    port: int, samples: dict[str, list[Args]], warmup: int, token: Any
-) -> dict[str, Latency]:
+def measure_latency(port: int, samples: dict[str, list[Args]], warmup: int, token: Any) -> dict[str, Latency]:
     """One sequential keep-alive client; queries interleaved round-robin so that a transient disturbance
     of the shared machine hits all of them alike. Warm-up repeats the first ``warmup`` parameter sets."""
     base = f"http://127.0.0.1:{port}/fhir/R4"
