@@ -162,6 +162,31 @@ def date_hashes(
     return out
 
 
+def date_range_hashes(
+    conditions: list[tuple[str, datetime, datetime]], h: Hasher, *, dates_only: bool = False
+) -> list[int]:
+    """Several conditions on one single-valued date (``birthdate=ge1970&birthdate=lt1975``) as one range
+    per precision: the buckets of their intersection (a decade, not two open ranges of ~100 buckets
+    each). Only for prefixes whose units form one range (not ``ne``)."""
+    out: list[int] = []
+    for precision in _PRECISIONS[:3] if dates_only else _PRECISIONS:
+        first: tuple[int, ...] | None = None
+        last: tuple[int, ...] | None = None
+        empty = False
+        for prefix, low, high in conditions:
+            spans = _unit_ranges(precision, prefix, low, high)
+            if not spans:
+                empty = True
+                break
+            (a, b) = spans[0]
+            first = a if first is None or a > first else first
+            last = b if last is None or b < last else last
+        if empty or first is None or last is None or first > last:
+            continue
+        out.extend(h(f"d{precision}", key) for key in _cover(precision, first, last))
+    return out
+
+
 # -- calendar units and buckets -----------------------------------------------------------------------------
 # A unit is a tuple of calendar fields down to its precision: (1974,) (1974, 12) (1974, 12, 25)
 # (1974, 12, 25, 10, 5, 33). Buckets are its ancestors: century, decade, year, month, day, hour, minute.

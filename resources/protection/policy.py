@@ -12,6 +12,7 @@ backbone element and data type), so a path that does not exist is a configuratio
 from __future__ import annotations
 
 import re
+import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -276,6 +277,29 @@ def date_only(res_type: str, param_code: str) -> bool:
         if not found or any(f.primitive != "Date" for f in found):
             return False
     return True
+
+
+@cache
+def single_date(res_type: str, param_code: str) -> bool:
+    """Whether a date parameter has at most one value per resource (``Patient.birthDate``): then several
+    conditions on it hold for the same value, and may be merged into one range."""
+    param = params_for(res_type).get(param_code)
+    cls = model_class(res_type)
+    if param is None or cls is None or len(paths := expression_paths(param)) != 1:
+        return False
+    names = paths[0].split(".")[1:]
+    if len(names) != 1:
+        return False
+    info = cls.model_fields.get(names[0])  # type: ignore[attr-defined]
+    if info is None:
+        return False
+    return typing.get_origin(_unwrap_optional(info.annotation)) is not list
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return args[0] if union and args else annotation
 
 
 @cache

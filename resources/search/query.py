@@ -24,7 +24,7 @@ from resources.dates import DateRange, parse_range
 from resources.models import Resource
 from resources.protection import blind
 from resources.protection import service as protection
-from resources.protection.policy import complex_valued, date_only, string_groups
+from resources.protection.policy import complex_valued, date_only, single_date, string_groups
 from resources.registry import R4_RESOURCE_TYPES, supported_types
 from resources.search import values as normalise
 from resources.search.definitions import SearchParam, params_for
@@ -773,6 +773,8 @@ def build_filters(
 ) -> list[ColumnElement[bool]]:
     """AND of every filtering parameter; unknown ones raise (strict) or are recorded in ``ctx.ignored``."""
     clauses = []
+    params, merged = _merge_protected_date_ranges(ctx, res_type, outer, params)
+    clauses += merged
     for name, value in params:
         if name.partition(":")[0] in RESULT_PARAMETERS:  # also _include:iterate and the like
             continue
@@ -786,6 +788,44 @@ def build_filters(
         if clause is not None:
             clauses.append(clause)
     return clauses
+
+
+def _merge_protected_date_ranges(
+    ctx: SearchContext, res_type: str, outer: AliasedClass[Resource], params: list[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], list[ColumnElement[bool]]]:
+    """``birthdate=ge1970&birthdate=lt1975`` on a protected date with at most one value per resource: one
+    EXISTS over the buckets of the closed range, instead of one per open bound. Returns the parameters
+    left for the usual path and the merged clauses."""
+    shield = protection.current()
+    groups: dict[str, list[str]] = {}
+    for name, value in params:
+        param = params_for(res_type).get(name)
+        if (
+            param is not None
+            and param.type == "date"
+            and name in shield.protected_params(res_type)
+            and "," not in value
+            and split_prefix(value)[0] not in ("ne", "ap")
+            and single_date(res_type, name)
+        ):
+            groups.setdefault(name, []).append(value)
+    merged: list[ColumnElement[bool]] = []
+    for name, values in groups.items():
+        if len(values) < 2:
+            continue
+        param = params_for(res_type)[name]
+        conditions = []
+        for value in values:
+            prefix, text = split_prefix(value)
+            r = parse_range(text, name)
+            conditions.append((prefix, r.low, r.high))
+        hashers = shield.hashers(ctx.session if ctx.session is not None else db.session(), res_type, name)
+        dates_only = date_only(res_type, name)
+        wanted = [x for h in hashers for x in blind.date_range_hashes(conditions, h, dates_only=dates_only)]
+        t = aliased(BlindIndex)
+        merged.append(_index_exists(res_type, outer, t, name, t.hash.in_(wanted) if wanted else false()))
+        params = [(n, v) for n, v in params if not (n == name and v in values)]
+    return params, merged
 
 
 __all__ = ["DateIndex", "SearchContext", "TokenIndex", "UnknownParameter", "build_filters", "date_condition"]

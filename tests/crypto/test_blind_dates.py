@@ -264,3 +264,35 @@ def test_protected_period_is_found_or_refused(database_url) -> None:
             _empty_tables(database_url)
     assert answers[False] == (200, 1)
     assert answers[True] in ((200, 1), (400, 0)), answers
+
+
+def test_merged_ranges_select_what_separate_bounds_select() -> None:
+    """``ge A & lt B`` on one single-valued date: the merged cover equals the intersection of the two."""
+    from resources.protection.blind import date_range_hashes
+
+    gen = random.Random(SEED + 1)
+    stored = [
+        f"{gen.randint(1900, 2030):04d}-{gen.randint(1, 12):02d}-{gen.randint(1, 28):02d}" for _ in range(300)
+    ]
+    stored += ["1970", "1975-06", "1999-12"]
+    for _ in range(200):
+        a, b = sorted(gen.sample(stored, 2))
+        pa, pb = gen.choice(("ge", "gt", "eq", "sa")), gen.choice(("lt", "le", "eb"))
+        ra, rb = parse_range(a), parse_range(b)
+        merged = set(date_range_hashes([(pa, ra.low, ra.high), (pb, rb.low, rb.high)], h, dates_only=True))
+        for v in stored:
+            vr = parse_range(v)
+            expected = _holds(pa, vr.low, vr.high, ra) and _holds(pb, vr.low, vr.high, rb)
+            assert bool(row_hashes(v) & merged) == expected, (pa, a, pb, b, v)
+
+
+def _holds(prefix: str, low, high, r) -> bool:
+    return {
+        "eq": low >= r.low and high <= r.high,
+        "gt": high > r.high,
+        "lt": low < r.low,
+        "ge": high > r.low,
+        "le": low < r.high,
+        "sa": low >= r.high,
+        "eb": high <= r.low,
+    }[prefix]
