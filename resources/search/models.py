@@ -178,6 +178,6 @@ class BlindIndex(_IndexRow, Base):
     hash: Mapped[int] = mapped_column(BigInteger, nullable=False)
     gen: Mapped[int] = mapped_column(Integer, nullable=False)
     __table_args__ = (
-        Index("ix_search_blind_hash", "res_type", "param", "hash"),
+        Index("ix_search_blind_hash", "hash"),
         Index("ix_search_blind_res", "res_type", "res_id"),
     )

@@ -31,7 +31,7 @@ def upgrade() -> None:
         sa.Column("hash", sa.BigInteger, nullable=False),
         sa.Column("gen", sa.Integer, nullable=False),
     )
-    op.create_index("ix_search_blind_hash", "search_blind", ["res_type", "param", "hash"])
+    op.create_index("ix_search_blind_hash", "search_blind", ["hash"])
     op.create_index("ix_search_blind_res", "search_blind", ["res_type", "res_id"])
     op.create_table(
         "crypto_index_key",
