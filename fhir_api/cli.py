@@ -70,6 +70,13 @@ def serve(host: str, port: int, workers: int | None) -> None:
     GunicornApp(gunicorn_options(f"{host}:{port}", workers or default_workers())).run()
 
 
+def _local_base() -> str | None:
+    """This server's FHIR base when configured: absolute references under it are indexed as local ones
+    (the same ones requests index through their own base URL)."""
+    public = current_app.config.get("PUBLIC_URL")
+    return f"{public.rstrip('/')}/fhir/R4" if public else None
+
+
 def _check_encryption_keys(app: Any) -> None:
     """Refuse to serve without usable KEKs, and create the first blind-index key before workers fork."""
     from fhir_api import db as database
@@ -187,8 +194,7 @@ def keys_rotate_index(batch_size: int, settle: float | None) -> None:
         gen = begin_index_rotation(s, shield)
     click.echo(f"blind-index key {gen} is being built")
     time.sleep(INDEX_KEY_TTL + 2 if settle is None else settle)
-    local_base = current_app.config.get("PUBLIC_URL")
-    local_base = f"{local_base.rstrip('/')}/fhir/R4" if local_base else None
+    local_base = _local_base()
     done = 0
     for res_type in supported_types():
         if shield.protected_params(res_type):
@@ -229,7 +235,7 @@ def keys_reseal(res_type: str | None, batch_size: int) -> None:
     with database.new_session() as s, tqdm(unit="version", desc="resealing", disable=None) as bar:
         changed = reseal(s, shield, res_type=res_type, batch=batch_size, progress=bar.update)
     click.echo(f"resealed {changed} versions")
-    done = reindex(database.new_session, res_type, 500, progress=True)
+    done = reindex(database.new_session, res_type, 500, progress=True, local_base=_local_base())
     click.echo(f"reindexed {done} resources")
 
 
@@ -269,9 +275,7 @@ def search_reindex(res_type: str | None, batch_size: int) -> None:
     from fhir_api import db as database
     from resources.search.reindex import reindex
 
-    public = current_app.config.get("PUBLIC_URL")
-    local_base = f"{public.rstrip('/')}/fhir/R4" if public else None
-    count = reindex(database.new_session, res_type, batch_size, progress=True, local_base=local_base)
+    count = reindex(database.new_session, res_type, batch_size, progress=True, local_base=_local_base())
     database.analyze(database.engine())
     click.echo(f"reindexed {count} resources")
 

@@ -4,23 +4,33 @@ server named by FHIR_TEST_DATABASE_URL), emptied after every test; ``app`` and `
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from crypto.kms import generate_key_file
 from fhir_api import create_app
 from fhir_api.auth.keys import generate_signing_key_file
-from fhir_api.config import normalise_database_url
 from fhir_api.db import Base, make_engine
-from fhir_api.migrate import upgrade
-from tests.helpers import authorized_client
+from tests.helpers import authorized_client, fresh_database
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fhir-r4"
+
+
+@contextmanager
+def environment(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the duration, then what was there before."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,13 +38,8 @@ def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     """One token-signing key for the run, given to every app through the environment."""
     path = tmp_path_factory.mktemp("keys") / "signing.jwk"
     generate_signing_key_file(path)
-    previous = os.environ.get("FHIR_AUTH_SIGNING_KEY_FILE")
-    os.environ["FHIR_AUTH_SIGNING_KEY_FILE"] = str(path)
-    yield path
-    if previous is None:
-        os.environ.pop("FHIR_AUTH_SIGNING_KEY_FILE", None)
-    else:
-        os.environ["FHIR_AUTH_SIGNING_KEY_FILE"] = previous
+    with environment("FHIR_AUTH_SIGNING_KEY_FILE", str(path)):
+        yield path
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,13 +47,8 @@ def crypto_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One keyring (key-encryption keys) for the run, given to every app through the environment."""
     path = tmp_path_factory.mktemp("crypto") / "keyring.json"
     generate_key_file(path)
-    previous = os.environ.get("FHIR_CRYPTO_KEY_FILE")
-    os.environ["FHIR_CRYPTO_KEY_FILE"] = str(path)
-    yield path
-    if previous is None:
-        os.environ.pop("FHIR_CRYPTO_KEY_FILE", None)
-    else:
-        os.environ["FHIR_CRYPTO_KEY_FILE"] = previous
+    with environment("FHIR_CRYPTO_KEY_FILE", str(path)):
+        yield path
 
 
 @pytest.fixture(scope="session")
@@ -60,29 +60,8 @@ def shared_fhir() -> Path:
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = os.environ.get("FHIR_TEST_DATABASE_URL")
-    if not server:
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
+    with fresh_database(tmp_path_factory.mktemp("db"), "fhir_test") as url:
         yield url
-        return
-    server = normalise_database_url(server)
-    name = f"fhir_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:  # only the database this session created
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _empty_tables(url: str) -> None:

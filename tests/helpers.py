@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from fhir_api.config import normalise_database_url
+from fhir_api.db import make_engine
+from fhir_api.migrate import upgrade
 
 FHIR = "application/fhir+json"
 
@@ -115,3 +126,32 @@ def register_client(app, *, role: str = "clinical-system", scope: str = "system/
 
     with app.app_context(), new_session() as s:
         return add_client(s, Registration(name=f"test {role}", role=role, scope=scope, **fields)).client_id
+
+
+@contextmanager
+def fresh_database(directory: Path, prefix: str) -> Iterator[str]:
+    """A migrated database of its own: a SQLite file in ``directory``, or, when FHIR_TEST_DATABASE_URL names a
+    PostgreSQL server, a database created there and dropped on exit (only the one created here)."""
+    server = os.environ.get("FHIR_TEST_DATABASE_URL")
+    if not server:
+        url = f"sqlite:///{directory / f'{prefix}.sqlite3'}"
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    server = normalise_database_url(server)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

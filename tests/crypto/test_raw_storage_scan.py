@@ -63,24 +63,21 @@ import shutil
 import subprocess
 import time
 import unicodedata
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from fhir_api import create_app
-from fhir_api.config import normalise_database_url
-from fhir_api.db import Base, make_engine
-from fhir_api.migrate import upgrade
+from fhir_api.db import Base
 from resources.dates import parse_range
 from resources.protection.sealing import seal
-from tests.helpers import authorized_client
+from tests.helpers import authorized_client, fresh_database
 from tests.resources.search.corpus import synthea_files, synthea_resources, walk
 
 BASE = "/fhir/R4"
@@ -95,29 +92,8 @@ DIGITS = frozenset(b"0123456789")
 # -- an isolated database ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def scan_database(shared_fhir, tmp_path_factory) -> Iterator[str]:
-    server = os.environ.get("FHIR_TEST_DATABASE_URL")
-    if not server:
-        url = f"sqlite:///{tmp_path_factory.mktemp('scan') / 'scan.sqlite3'}"
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
+    with fresh_database(tmp_path_factory.mktemp("scan"), "fhir_scan") as url:
         yield url
-        return
-    server = normalise_database_url(server)
-    name = f"fhir_scan_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:  # only the database this module created
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 # -- the corpus ----------------------------------------------------------------------------------------------
