@@ -169,6 +169,27 @@ _COMMIT_WITH_BATCH = "fhir_commit_with_batch"
 Batch = list[tuple[Any, list[dict[str, Any]]]]  # (Core DML statement, parameter rows)
 
 
+def commit_batch(s: Session, batch: Batch) -> None:
+    """Run ``batch`` and commit, in one round trip on PostgreSQL (continuing the request's transaction).
+
+    SQLite first ends any read transaction and takes the write lock: a read snapshot upgraded to a writer
+    fails when another connection committed since it began.
+    """
+    if s.get_bind().dialect.name == "postgresql" and s.in_transaction():
+        s.info[_COMMIT_WITH_BATCH] = True
+        try:
+            execute_batch(s, batch)
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.info.pop(_COMMIT_WITH_BATCH, None)
+        return
+    with write_transaction(s, single_batch=True):
+        execute_batch(s, batch)
+
+
 def execute_batch(s: Session, batch: Batch) -> None:
     """Run several DML statements in the session's transaction with as few round trips as possible.
 

@@ -175,6 +175,16 @@ class ServiceUnavailable(FhirError):
     explanation = "A dependency (database, audit log) is unavailable; retrying later may succeed."
 
 
+class AuditUnavailable(ServiceUnavailable):
+    """The audit record of a request could not be written, so the request did not happen (fail closed)."""
+
+    slug, title = "audit-unavailable", "Audit log unavailable"
+    explanation = (
+        "Every read and write is recorded in the audit log before its answer leaves the server. The record "
+        "could not be written, so no data was returned and nothing was changed; retry later."
+    )
+
+
 _WERKZEUG_MAP: dict[int, type[FhirError]] = {
     400: BadRequest,
     401: Unauthorized,

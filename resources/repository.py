@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, exists, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
@@ -16,6 +16,20 @@ from resources.dates import DateRange
 from resources.models import Resource, ResourceVersion
 from resources.protection import service as protection
 from resources.search.indexer import blind_context, index_batch
+
+
+class WriteListener(Protocol):
+    """Rows that must commit with every version written (the audit log's), and the translation of a
+    failure those rows caused."""
+
+    def rows(
+        self, session: Session, res_type: str, res_id: str, version: int, deleted: bool, batch: Batch
+    ) -> Batch: ...
+
+    def failed(self, exc: BaseException) -> None: ...
+
+
+WRITE_LISTENERS: list[WriteListener] = []
 
 
 @dataclass(frozen=True)
@@ -187,7 +201,14 @@ class ResourceRepository:
                 local_base=self.local_base,
                 blind=blind_context(self.session, shield, res_type, resource is not None),
             )
-        execute_batch(self.session, batch)  # one round trip on PostgreSQL
+        for listener in WRITE_LISTENERS:
+            batch += listener.rows(self.session, res_type, res_id, version, deleted, batch)
+        try:
+            execute_batch(self.session, batch)  # one round trip on PostgreSQL
+        except Exception as exc:
+            for listener in WRITE_LISTENERS:
+                listener.failed(exc)
+            raise
         if current is not None:
             self.session.expire(current)  # the pointer row changed underneath the ORM object
         return Stored(res_type, res_id, version, last_updated, deleted, method, body)

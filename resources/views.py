@@ -10,6 +10,7 @@ from flask import current_app, g, jsonify, request
 from flask_smorest import Blueprint
 from werkzeug.routing import BaseConverter
 
+from audit import recorder as audit
 from fhir_api import db
 from fhir_api.auth.discovery import smart_configuration as smart_configuration_document
 from fhir_api.errors import BadRequest, Issue, NotFound, operation_outcome
@@ -154,6 +155,7 @@ def create(res_type: str):
     if criteria:
         stored, created = interactions.conditional_create(_repo(), res_type, body, criteria, _access())
         if not created:
+            audit.note_resource(res_type, stored.res_id, stored.version)
             return _write_response(stored, 200, f"{res_type}/{stored.res_id} already matches the criteria")
     else:
         stored = interactions.create(_repo(), res_type, body, _access())
@@ -218,6 +220,7 @@ def vread(res_type: str, res_id: str, version_id: str):
 def _resource_response(stored: Stored):
     """A stored version with its validators; 304 when the client has it; _summary/_elements applied."""
     headers = _version_headers(stored)
+    audit.note_resource(stored.res_type, stored.res_id, stored.version)
     if not_modified(stored.version, stored.last_updated):
         return fhir_response(None, status=304, headers=headers)
     render = _renderer(stored.res_type, list(request.args.items(multi=True))) if request.args else None
@@ -301,6 +304,7 @@ def _history_query(res_type: str | None = None, res_id: str | None = None) -> Hi
 
 def _history_response(query: HistoryQuery):
     versions, more = interactions.history(_repo(), query)
+    audit.note_returned([(v.res_type, v.res_id) for v in versions])
     links = {"self": page_url()}
     paging_forward = query.after_seq is None
     if versions and (more if paging_forward else True):
@@ -381,6 +385,7 @@ def _search_response(res_type: str | None, path: str, compartment: tuple[str, st
         access=_access(),
     )
     page = interactions.search(db.session(), req, ctx)
+    audit.note_returned([(s.res_type, s.res_id) for s in (*page.matches, *page.included)])
     return fhir_response(searchset_bundle(page, base_url(), path, args, render))
 
 
