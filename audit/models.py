@@ -52,9 +52,9 @@ class AuditLink(Base):
 
 
 class ChainLink(Base):
-    """Position ``seq`` (gap-free from 1) of the chain: SHA-256 over the previous hash, ``seq`` and the event's
-    canonical JSON. ``horizon``: on PostgreSQL, the xid below which every writer had finished when this
-    link was made (the next run starts there)."""
+    """Position ``seq`` (gap-free from 1) of the chain: SHA-256 over the previous hash, ``seq`` and the
+    event's canonical JSON. ``horizon``: on PostgreSQL, the xid below which every writer had finished when
+    this link was made (the next run starts there)."""
 
     __tablename__ = "audit_chain"
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
