@@ -32,10 +32,11 @@ class AuditRow(Base):
     outcome: Mapped[str] = mapped_column(String(2), nullable=False)
     client_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     body: Mapped[str] = mapped_column(Text, nullable=False)
+    mac: Mapped[str | None] = mapped_column(String(64), nullable=True)  # HMAC by the server: no forgeries
     __table_args__ = (
         Index("ix_audit_event_id", "event_id"),
         Index("ix_audit_event_recorded", "recorded"),
-        Index("ix_audit_event_txid", "txid"),
+        Index("ix_audit_event_txid", "txid", "pos"),
     )
 
 
@@ -53,8 +54,7 @@ class AuditLink(Base):
 
 class ChainLink(Base):
     """Position ``seq`` (gap-free from 1) of the chain: SHA-256 over the previous hash, ``seq`` and the
-    event's canonical JSON. ``horizon``: on PostgreSQL, the xid below which every writer had finished when
-    this link was made (the next run starts there)."""
+    event's canonical JSON. ``pos`` and ``txid`` name the event and where the next chainer run resumes."""
 
     __tablename__ = "audit_chain"
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -62,7 +62,7 @@ class ChainLink(Base):
     recorded: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
-    horizon: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    txid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Checkpoint(Base):

@@ -17,7 +17,7 @@ from flask import Flask, Response, current_app, g, has_request_context, request
 from sqlalchemy.orm import Session
 
 from audit import events as ev
-from audit import queries, store
+from audit import queries, signing, store
 from audit.events import Actor, Event
 from fhir_api import db
 from fhir_api.db import Batch
@@ -119,7 +119,7 @@ def write_batch(
     event.entities = [(f"{res_type}/{res_id}", str(version))]
     event.patients = sorted(patients)
     p.written += 1
-    return store.event_batch([event])
+    return store.event_batch([event], signing.mac_key())
 
 
 # -- building and writing ------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def finish(resp: Response) -> Response:
             entities = [(f"{target['res_type']}/{target['res_id']}", None)]  # what a refused request named
         event.entities = list(dict.fromkeys(entities))
         event.patients = sorted(patients)
-        store.commit_events(session, [event])
+        store.commit_events(session, [event], signing.mac_key())
     except Exception as exc:
         log.error("audit record failed (%s) for %s %s", type(exc).__name__, request.method, request.path)
         with_session_rolled_back()

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from audit.events import Event, canonical
 from audit.models import AuditLink, AuditRow
+from audit.signing import event_mac
 from fhir_api.db import Batch, commit_batch
 from resources.search.compartments import compartments
 from resources.search.models import ReferenceIndex
@@ -19,11 +20,12 @@ _INSERT_LINK = insert(AuditLink.__table__)
 REF_CHARS = 256
 
 
-def event_batch(events: Iterable[Event]) -> Batch:
+def event_batch(events: Iterable[Event], mac_key: bytes | None) -> Batch:
     """The statements that append ``events`` (and what auditors search them by) in the caller's
     transaction: a write's events travel in the same round trip as the write."""
     rows, links = [], []
     for e in events:
+        body = canonical(e.resource())
         rows.append(
             {
                 "event_id": e.event_id,
@@ -33,7 +35,8 @@ def event_batch(events: Iterable[Event]) -> Batch:
                 "action": e.action,
                 "outcome": e.outcome,
                 "client_id": e.actor.client_id,
-                "body": canonical(e.resource()),
+                "body": body,
+                "mac": event_mac(mac_key, body) if mac_key else None,
             }
         )
         links += [
@@ -43,10 +46,10 @@ def event_batch(events: Iterable[Event]) -> Batch:
     return [(_INSERT_EVENT, rows), (_INSERT_LINK, links)]
 
 
-def commit_events(session: Session, events: list[Event]) -> None:
+def commit_events(session: Session, events: list[Event], mac_key: bytes | None) -> None:
     """Append ``events`` and commit (reads, searches, refusals: their record is a transaction of its own,
     or the end of the request's read transaction on PostgreSQL)."""
-    commit_batch(session, event_batch(events))
+    commit_batch(session, event_batch(events, mac_key))
 
 
 def caused(exc: BaseException) -> bool:

@@ -94,6 +94,15 @@ def _check_encryption_keys(app: Any) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+def _register_audit_commands() -> None:
+    from audit.cli import group as audit_group
+
+    main.add_command(audit_group)
+
+
+_register_audit_commands()
+
+
 @main.group("keys")
 def keys_group() -> None:
     """Encryption keys: key-encryption keys (KEKs) and the blind-index keys they wrap."""

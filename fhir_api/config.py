@@ -42,6 +42,13 @@ DEFAULTS: dict[str, Any] = {
     "VAULT_TRANSIT_KEY": None,
     "VAULT_TRANSIT_MOUNT": "transit",
     "VAULT_NAMESPACE": None,
+    # Audit log. The Ed25519 key that signs checkpoints and exports has no default: `make demo` creates
+    # var/keys/audit-signing.jwk; `serve` refuses to start without one.
+    "AUDIT": True,  # false: record nothing (benchmarks pricing the audit log only)
+    "AUDIT_SIGNING_KEY_FILE": None,
+    "AUDIT_CHAIN_INTERVAL": 1.0,  # seconds between chainer runs in each process
+    "AUDIT_CHECKPOINT_INTERVAL": 60.0,  # seconds between signed checkpoints (when the log grew)
+    "AUDIT_RETENTION_DAYS": 6 * 366,  # six years (HIPAA 164.316(b)(2)); see README on partitioning
     # Benchmarks only: false writes resources without search-index rows (searches then miss them).
     "SEARCH_INDEXING": True,
     "DEFAULT_PAGE_SIZE": 50,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from audit.signing import generate_key_file as generate_audit_key_file
 from crypto.kms import generate_key_file
 from fhir_api import create_app
 from fhir_api.auth.keys import generate_signing_key_file
@@ -48,6 +49,15 @@ def crypto_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("crypto") / "keyring.json"
     generate_key_file(path)
     with environment("FHIR_CRYPTO_KEY_FILE", str(path)):
+        yield path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One audit signing key (Ed25519) for the run: checkpoints are signed and events carry MACs."""
+    path = tmp_path_factory.mktemp("audit") / "audit-signing.jwk"
+    generate_audit_key_file(path)
+    with environment("FHIR_AUDIT_SIGNING_KEY_FILE", str(path)):
         yield path
 
 

@@ -49,10 +49,11 @@ def upgrade() -> None:
         sa.Column("outcome", sa.String(2), nullable=False),
         sa.Column("client_id", sa.String(128)),
         sa.Column("body", sa.Text, nullable=False),
+        sa.Column("mac", sa.String(64)),
     )
     op.create_index("ix_audit_event_id", "audit_event", ["event_id"])
     op.create_index("ix_audit_event_recorded", "audit_event", ["recorded"])
-    op.create_index("ix_audit_event_txid", "audit_event", ["txid"])
+    op.create_index("ix_audit_event_txid", "audit_event", ["txid", "pos"])
     op.create_table(
         "audit_link",
         sa.Column("event_id", sa.String(64), primary_key=True),
@@ -68,7 +69,7 @@ def upgrade() -> None:
         sa.Column("recorded", UTCDateTime, nullable=False),
         sa.Column("prev_hash", sa.String(64), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
-        sa.Column("horizon", sa.BigInteger),
+        sa.Column("txid", sa.BigInteger),
     )
     op.create_table(
         "audit_checkpoint",

@@ -1,0 +1,176 @@
+"""The hash chain over audit events, built after they commit by one chainer at a time.
+
+Requests append events without any shared lock (a lock held across every commit would serialise the
+whole server on the disk's flush). The chainer then gives each committed event the next ``seq`` (gap-free)
+and ``hash = SHA-256(previous hash || seq as 8 bytes || canonical JSON)``, in batches:
+
+- PostgreSQL: only one chainer runs (transaction-level advisory lock), and it only takes events whose
+  writing transaction is below the snapshot's xmin, i.e. finished: a slow transaction that commits an old
+  ``pos`` later is still chained, never skipped. Order: (txid, pos).
+- SQLite: writers are serialised by the database, so ``pos`` order is commit order.
+
+Each run may also sign a checkpoint of the head (``audit.signing``) for auditors to keep elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from flask import Flask
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, text
+
+from audit import signing
+from audit.models import AuditRow, ChainLink, Checkpoint
+from fhir_api.db import WRITE, format_instant
+
+log = logging.getLogger("fhir_api.audit")
+
+GENESIS = "0" * 64
+LOCK_KEY = 0x46484952_41554454  # "FHIRAUDT": the chainer's advisory lock
+BATCH = 5000
+
+
+def link_hash(prev_hash: str, seq: int, body: str) -> str:
+    h = hashlib.sha256(bytes.fromhex(prev_hash))
+    h.update(seq.to_bytes(8, "big"))
+    h.update(body.encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int
+    hash: str
+    pos: int
+    txid: int | None
+
+
+def head(conn: Connection) -> Head:
+    row = conn.execute(text("SELECT seq, hash, pos, txid FROM audit_chain ORDER BY seq DESC LIMIT 1")).first()
+    return Head(*row) if row else Head(0, GENESIS, 0, None)
+
+
+def _pending(conn: Connection, h: Head, limit: int) -> list[tuple[int, int | None, datetime, str]]:
+    e = AuditRow.__table__.c
+    stmt = select(e.pos, e.txid, e.recorded, e.body)
+    if conn.dialect.name == "postgresql":
+        horizon = conn.execute(
+            text("SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")
+        ).scalar()
+        last = h.txid if h.txid is not None else -1
+        stmt = stmt.where(e.txid < horizon, or_(e.txid > last, and_(e.txid == last, e.pos > h.pos))).order_by(
+            e.txid, e.pos
+        )
+    else:
+        stmt = stmt.where(e.pos > h.pos).order_by(e.pos)
+    return [tuple(r) for r in conn.execute(stmt.limit(limit))]  # type: ignore[misc]
+
+
+def _lock(conn: Connection) -> bool:
+    if conn.dialect.name != "postgresql":
+        return True  # BEGIN IMMEDIATE already holds SQLite's one write lock
+    return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": LOCK_KEY}).scalar())
+
+
+def extend(engine: Engine, *, limit: int = BATCH, key: signing.OKPKey | None = None, every: float = 0) -> int:
+    """Chain up to ``limit`` finished events; sign a checkpoint when ``key`` is given and the last one is
+    older than ``every`` seconds. Returns how many events were chained (0 when another chainer is busy)."""
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        if not _lock(conn):
+            return 0
+        h = head(conn)
+        rows = _pending(conn, h, limit)
+        links = []
+        prev, seq = h.hash, h.seq
+        for pos, txid, recorded, body in rows:
+            seq += 1
+            digest = link_hash(prev, seq, body)
+            links.append(
+                {
+                    "seq": seq,
+                    "pos": pos,
+                    "recorded": recorded,
+                    "prev_hash": prev,
+                    "hash": digest,
+                    "txid": txid,
+                }
+            )
+            prev = digest
+        if links:
+            conn.execute(insert(ChainLink), links)
+        if key is not None and seq > 0:
+            _checkpoint(conn, seq, prev, key, every)
+        return len(links)
+
+
+def _checkpoint(conn: Connection, seq: int, digest: str, key: signing.OKPKey, every: float) -> None:
+    c = Checkpoint.__table__.c
+    last = conn.execute(select(c.seq, c.created).order_by(c.seq.desc()).limit(1)).first()
+    now = datetime.now(UTC)
+    if last is not None and (last.seq >= seq or (now - last.created).total_seconds() < every):
+        return
+    payload = {"seq": seq, "hash": digest, "time": format_instant(now)}
+    conn.execute(
+        insert(Checkpoint),
+        [{"seq": seq, "hash": digest, "created": now, "key_id": key.kid, "jws": signing.sign(payload, key)}],
+    )
+
+
+def catch_up(engine: Engine, *, key: signing.OKPKey | None = None, every: float = 0) -> int:
+    """Chain everything finished so far (CLI, tests, exports): batches until none is left."""
+    total = 0
+    while True:
+        n = extend(engine, key=key, every=every)
+        total += n
+        if n < BATCH:
+            return total
+
+
+# -- the background chainer of each app process ------------------------------------------------------------
+class Chainer:
+    """A daemon thread per process: every ``interval`` seconds (or sooner when woken), chain what has
+    committed. Several processes and hosts may run one each; the lock lets one work at a time."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.interval = float(app.config.get("AUDIT_CHAIN_INTERVAL", 1.0))
+        self.every = float(app.config.get("AUDIT_CHECKPOINT_INTERVAL", 60.0))
+        self.wake = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="audit-chainer", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        engine = self.app.extensions["fhir_db"]["engine"]
+        key = signing.app_key(self.app)
+        while True:
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            try:
+                while extend(engine, key=key, every=self.every) == BATCH:
+                    pass
+            except Exception as exc:
+                log.warning("audit chainer: %s; retrying in %.1fs", type(exc).__name__, self.interval)
+                time.sleep(self.interval)
+
+
+def start_chainer(app: Flask) -> Chainer | None:
+    """Start this process's chainer once (after a fork, the child starts its own)."""
+    if app.testing or float(app.config.get("AUDIT_CHAIN_INTERVAL", 1.0)) <= 0:
+        return None
+    state = app.extensions.setdefault("fhir_audit", {})
+    import os
+
+    chainer = state.get("chainer")
+    if chainer is not None and state.get("chainer_pid") == os.getpid():
+        return chainer
+    chainer = Chainer(app)
+    state["chainer"], state["chainer_pid"] = chainer, os.getpid()
+    chainer.start()
+    return chainer

@@ -1,0 +1,111 @@
+"""``fhir-api audit ...``: chain, checkpoint, verify and export the audit log from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from audit import chain, signing
+from audit.verify import verify
+
+
+@click.group("audit")
+def group() -> None:
+    """The append-only audit log."""
+
+
+def _engine() -> Any:
+    return current_app.extensions["fhir_db"]["engine"]
+
+
+def _key() -> signing.OKPKey:
+    try:
+        key = signing.app_key()
+    except signing.AuditKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    if key is None:
+        raise click.ClickException(str(_missing()))
+    return key
+
+
+def _missing() -> signing.AuditKeyError:
+    try:
+        signing.load_key(None)
+    except signing.AuditKeyError as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+@group.command("checkpoint")
+@with_appcontext
+def checkpoint_cmd() -> None:
+    """Chain what has committed, sign a checkpoint of the head now, and print it (keep it elsewhere)."""
+    engine = _engine()
+    key = _key()
+    chain.catch_up(engine, key=key, every=0)
+    with engine.connect() as conn:
+        row = conn.exec_driver_sql(
+            "SELECT seq, hash, jws FROM audit_checkpoint ORDER BY seq DESC LIMIT 1"
+        ).first()
+    if row is None:
+        raise click.ClickException("the audit log is empty: nothing to checkpoint")
+    click.echo(json.dumps({"seq": row[0], "hash": row[1], "jws": row[2]}))
+
+
+def _saved_checkpoints(paths: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Checkpoints an auditor kept: JSON objects (one per file, a list, or NDJSON lines)."""
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        text = Path(path).read_text()
+        try:
+            data = json.loads(text)
+            items = data if isinstance(data, list) else data.get("checkpoints", [data])
+        except ValueError:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        out += [i for i in items if isinstance(i, dict)]
+    return out
+
+
+@group.command("verify")
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A checkpoint saved earlier (JSON from /audit/checkpoints or `audit checkpoint`).",
+)
+@click.option("--no-chain", is_flag=True, help="Do not chain pending events first (read-only check).")
+@with_appcontext
+def verify_cmd(checkpoints: tuple[str, ...], no_chain: bool) -> None:
+    """Check the chain, every event's MAC and every checkpoint; exit 1 on any problem."""
+    from tqdm import tqdm
+
+    engine = _engine()
+    key = _key()
+    if not no_chain:
+        chain.catch_up(engine, key=key, every=float(current_app.config["AUDIT_CHECKPOINT_INTERVAL"]))
+    with tqdm(unit="event", desc="verifying", disable=None, file=sys.stderr) as bar:
+        report = verify(
+            engine,
+            key=signing.public_key(key.as_dict(private=False)),
+            mac_key=signing.derive_mac_key(key),
+            saved=_saved_checkpoints(checkpoints),
+            progress=bar.update,
+        )
+    for problem in report.problems:
+        click.echo(f"PROBLEM: {problem}", err=True)
+    if report.problem_count > len(report.problems):
+        click.echo(f"... and {report.problem_count - len(report.problems)} more", err=True)
+    status = "verified" if report.ok else "FAILED"
+    click.echo(
+        f"{status}: {report.checked} events, seq 1..{report.head_seq}, head {report.head_hash}, "
+        f"{report.checkpoints} checkpoints, {report.unchained} not yet chained"
+    )
+    if not report.ok:
+        sys.exit(1)
