@@ -1,20 +1,23 @@
 """The query an AuditEvent records, with every value that could be protected data in blind-index form.
 
-A search for ``Patient?family=Smith`` is recorded as ``family=blind:3fa9...``: a keyed hash under the
-blind-index root key, so the log (and every copy of it) holds no name, birth date or identifier in clear,
-while equal queries still hash alike for an auditor correlating them. Values of parameters that cannot hold
-protected data (``_count``, ``_include``, a non-protected search parameter of the type) stay readable.
+A search for ``Patient?family=Smith`` is recorded as ``family=blind:3fa9...``: an HMAC under a key derived
+from the audit signing key (never in the database), so the log and every copy of it hold no name, birth date
+or identifier in clear, while equal queries hash alike for an auditor correlating them. Values of
+parameters that cannot hold protected data (``_count``, ``_include``, a non-protected search parameter of
+the type) stay readable.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 from typing import Any
 from urllib.parse import quote
 
 from flask import Request
 
-from fhir_api import db
+from audit import signing
 from resources.protection import service as protection
 from resources.search.definitions import params_for
 
@@ -44,7 +47,6 @@ CLEAR = frozenset(
         "_containedType",
     }
 )
-_BLIND_PARAM = "audit-query"
 
 
 def _res_type(req: Request) -> str | None:
@@ -66,11 +68,14 @@ def _clear(res_type: str | None, name: str) -> bool:
         return False
 
 
-def _blind(value: str) -> str:
-    shield = protection.current()
-    hashers = shield.hashers(db.session(), "AuditEvent", _BLIND_PARAM)
-    digest = hashers[0]("q", value) & 0xFFFFFFFFFFFFFFFF
-    return f"blind:{digest:016x}"
+def _blind(name: str, value: str) -> str:
+    """A keyed hash of the parameter and value (the key never reaches the database); without an audit key,
+    nothing of the value at all."""
+    key = signing.query_key()
+    if key is None:
+        return "***"
+    digest = hmac.new(key, f"{name.split(':', 1)[0]}={value}".encode(), hashlib.sha256).hexdigest()
+    return f"blind:{digest[:24]}"
 
 
 def _pairs(req: Request) -> list[tuple[str, str]]:
@@ -97,7 +102,7 @@ def recorded(req: Request) -> str:
     enabled = protection.current().enabled
     parts = []
     for name, value in _pairs(req):
-        shown = value if (not enabled or _clear(res_type, name)) else _blind(value)
+        shown = value if (not enabled or _clear(res_type, name)) else _blind(name, value)
         parts.append(f"{quote(name, safe=':._-')}={quote(shown, safe=':,|._-/')}")
     return f"{req.method} {req.path}" + ("?" + "&".join(parts) if parts else "")
 

@@ -97,6 +97,13 @@ def note_returned(refs: list[tuple[str, str]]) -> None:
         p.returned.extend(refs)
 
 
+def note_detail(**facts: str) -> None:
+    """Facts of an operation worth keeping in its event (an export's format and range)."""
+    p = pending()
+    if p is not None:
+        p.detail.update(facts)
+
+
 def note_actor(**facts: Any) -> None:
     """The token endpoint's client (claimed, then verified) and the token it issued."""
     p = pending()

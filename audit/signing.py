@@ -81,9 +81,19 @@ def mac_key(app: Flask | None = None) -> bytes | None:
     return state["mac_key"]
 
 
-def derive_mac_key(key: OKPKey) -> bytes:
+def derive_mac_key(key: OKPKey, purpose: bytes = b"fhir-audit-event-mac") -> bytes:
     private = key.as_dict(private=True)["d"]
-    return hashlib.sha256(b"fhir-audit-event-mac\x00" + private.encode()).digest()
+    return hashlib.sha256(purpose + b"\x00" + private.encode()).digest()
+
+
+def query_key(app: Flask | None = None) -> bytes | None:
+    """The key of recorded queries' blind values (kept out of the database, like the MAC key)."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    state = app.extensions.setdefault("fhir_audit", {})
+    if "query_key" not in state:
+        key = app_key(app)
+        state["query_key"] = derive_mac_key(key, b"fhir-audit-query") if key is not None else None
+    return state["query_key"]
 
 
 def event_mac(key: bytes, body: str) -> str:

@@ -31,6 +31,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         logger.addHandler(handler)
 
     from audit import recorder as audit_recorder
+    from audit import views as audit_views
     from fhir_api import db, docs, errors, health, http
     from fhir_api.auth import guard, keys, revocation
     from fhir_api.auth import models as _auth_models  # noqa: F401 (tables for metadata and tests)
@@ -59,6 +60,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         api.register_converter(converter, lambda c: {"type": "string", "pattern": f"^{c.regex}$"})
     api.register_blueprint(fhir_blp)
     api.register_blueprint(health.blp)
+    api.register_blueprint(audit_views.blp)
     app.register_blueprint(docs.bp)
     errors.register_error_handlers(app)
     return app

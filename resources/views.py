@@ -13,7 +13,7 @@ from werkzeug.routing import BaseConverter
 from audit import recorder as audit
 from fhir_api import db
 from fhir_api.auth.discovery import smart_configuration as smart_configuration_document
-from fhir_api.errors import BadRequest, Issue, NotFound, operation_outcome
+from fhir_api.errors import BadRequest, Issue, MethodNotAllowed, NotFound, operation_outcome
 from fhir_api.http import (
     JSON,
     JSON_PATCH,
@@ -73,6 +73,11 @@ def _negotiate() -> None:
     if request.endpoint == "fhir.smart_configuration":
         return  # SMART: JSON whatever the Accept header says
     negotiate_response_type()  # 406 before any work
+    args = request.view_args or {}
+    if "AuditEvent" in (args.get("res_type"), args.get("comp_type")):
+        raise MethodNotAllowed(
+            "AuditEvents live in the audit log: auditors read and search them at /fhir/R4/AuditEvent"
+        )
 
 
 def _access() -> Access:

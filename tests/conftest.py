@@ -14,8 +14,7 @@ from audit.signing import generate_key_file as generate_audit_key_file
 from crypto.kms import generate_key_file
 from fhir_api import create_app
 from fhir_api.auth.keys import generate_signing_key_file
-from fhir_api.db import Base, make_engine
-from tests.helpers import authorized_client, fresh_database
+from tests.helpers import authorized_client, empty_tables, fresh_database
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fhir-r4"
 
@@ -74,15 +73,6 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def _empty_tables(url: str) -> None:
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            if not table.name.startswith("audit_"):  # append-only: the log grows across tests
-                conn.execute(table.delete())
-    engine.dispose()
-
-
 @pytest.fixture
 def app(request: pytest.FixtureRequest, database_url: str):
     """The app on the session's database; ``@pytest.mark.unprotected`` tests get protection switched off
@@ -91,7 +81,7 @@ def app(request: pytest.FixtureRequest, database_url: str):
     application = create_app({"DATABASE_URL": database_url, "TESTING": True, "PROTECTION": protected})
     yield application
     application.extensions["fhir_db"]["engine"].dispose()
-    _empty_tables(database_url)
+    empty_tables(database_url)
 
 
 @pytest.fixture

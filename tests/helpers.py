@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from fhir_api.config import normalise_database_url
-from fhir_api.db import make_engine
+from fhir_api.db import Base, make_engine
 from fhir_api.migrate import upgrade
 
 FHIR = "application/fhir+json"
@@ -155,3 +155,13 @@ def fresh_database(directory: Path, prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def empty_tables(url: str) -> None:
+    """Every table emptied but the audit log's, which is append-only (it grows across tests)."""
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            if not table.name.startswith("audit_"):
+                conn.execute(table.delete())
+    engine.dispose()

@@ -232,8 +232,7 @@ def test_extreme_dates_are_not_a_server_error(client, query: str) -> None:
 
 def test_protected_period_is_found_or_refused(database_url) -> None:
     from fhir_api import create_app
-    from tests.conftest import _empty_tables
-    from tests.helpers import authorized_client
+    from tests.helpers import authorized_client, empty_tables
 
     encounter = {
         "resourceType": "Encounter",
@@ -261,7 +260,7 @@ def test_protected_period_is_found_or_refused(database_url) -> None:
             answers[protected] = (resp.status_code, len(resp.get_json().get("entry") or []))
         finally:
             made.extensions["fhir_db"]["engine"].dispose()
-            _empty_tables(database_url)
+            empty_tables(database_url)
     assert answers[False] == (200, 1)
     assert answers[True] in ((200, 1), (400, 0)), answers
 

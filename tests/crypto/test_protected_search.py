@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from fhir_api import create_app
-from tests.helpers import authorized_client
-from tests.resources.search.fixtures import empty_tables, ids_of, put_all
+from tests.helpers import authorized_client, empty_tables
+from tests.resources.search.fixtures import ids_of, put_all
 
 V2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 PATIENTS = [

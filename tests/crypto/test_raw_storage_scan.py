@@ -260,7 +260,8 @@ def pg_dump_bytes(url: str) -> bytes:
 
 
 def opaque_text(engine) -> bytes:
-    """Every ciphertext, wrapped key and blind hash in the database, as text (for chance matches)."""
+    """Every ciphertext, wrapped key, blind hash and audit hash or id in the database, as text (for chance
+    matches)."""
     pieces: list[str] = []
     with engine.connect() as conn:
         for body, data_key in conn.execute(text("SELECT body, data_key FROM resource_version")):
@@ -269,6 +270,10 @@ def opaque_text(engine) -> bytes:
                 pieces.append(data_key)
         pieces += [w for (w,) in conn.execute(text("SELECT wrapped FROM crypto_index_key"))]
         pieces += [str(h) for (h,) in conn.execute(text("SELECT hash FROM search_blind"))]
+        # the audit log's random ids, MACs, chain hashes, token ids and blinded query values
+        for body, event_id, mac in conn.execute(text("SELECT body, event_id, mac FROM audit_event")):
+            pieces += [event_id, mac or "", *re.findall(r"[0-9a-f-]{16,}", body)]
+        pieces += [h for row in conn.execute(text("SELECT hash, prev_hash FROM audit_chain")) for h in row]
     return "\n".join(pieces).encode()
 
 

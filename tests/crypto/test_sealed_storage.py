@@ -17,8 +17,7 @@ from sqlalchemy import text
 
 from fhir_api import create_app
 from fhir_api.db import Base
-from tests.conftest import _empty_tables
-from tests.helpers import FHIR, authorized_client, create, created_id
+from tests.helpers import FHIR, authorized_client, create, created_id, empty_tables
 
 BASE = "/fhir/R4"
 
@@ -305,7 +304,7 @@ def test_protected_elements_can_be_extended(database_url) -> None:
         assert "grumbleweed" not in table_text(extra, "search_string")
     finally:
         extra.extensions["fhir_db"]["engine"].dispose()
-        _empty_tables(database_url)
+        empty_tables(database_url)
 
 
 # -- tampering -----------------------------------------------------------------------------------------------

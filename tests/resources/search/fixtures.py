@@ -16,8 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fhir_api import create_app
-from fhir_api.db import Base, make_engine
-from tests.helpers import authorized_client
+from tests.helpers import authorized_client, empty_tables
 
 FHIR = "application/fhir+json"
 BASE = "http://localhost/fhir/R4"
@@ -44,14 +43,6 @@ def put_all(client, resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]
 def delete(client, ref: str) -> None:
     resp = client.delete(f"/fhir/R4/{ref}")
     assert resp.status_code == 200, resp.get_data(as_text=True)
-
-
-def empty_tables(url: str) -> None:
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(table.delete())
-    engine.dispose()
 
 
 @contextmanager

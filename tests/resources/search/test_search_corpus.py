@@ -20,8 +20,7 @@ from sqlalchemy import text
 
 from fhir_api import create_app
 from fhir_api.db import make_engine
-from tests.conftest import _empty_tables
-from tests.helpers import authorized_client
+from tests.helpers import authorized_client, empty_tables
 from tests.resources.search.corpus import (
     Corpus,
     Link,
@@ -71,7 +70,7 @@ def loaded(request, database_url, shared_fhir) -> Iterator[tuple[object, Corpus]
 
     "protected" is the server's default (names, identifiers, birth dates, telecom and addresses sealed and
     searched through blind indexes); "clear" stores everything in clear, as other servers do."""
-    _empty_tables(database_url)
+    empty_tables(database_url)
     protected = request.param == "protected"
     app = create_app({"DATABASE_URL": database_url, "TESTING": True, "PROTECTION": protected})
     app.config["TEST_PROTECTED"] = protected
@@ -86,7 +85,7 @@ def loaded(request, database_url, shared_fhir) -> Iterator[tuple[object, Corpus]
         yield client, corpus
     finally:
         app.extensions["fhir_db"]["engine"].dispose()
-        _empty_tables(database_url)
+        empty_tables(database_url)
         _analyze(database_url)  # statistics of empty tables again, for the modules that follow
 
 
