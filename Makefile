@@ -17,7 +17,8 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-DEMO_KEYS := FHIR_AUTH_SIGNING_KEY_FILE=var/keys/signing.jwk FHIR_CRYPTO_KEY_FILE=var/keys/keyring.json
+DEMO_KEYS := FHIR_AUTH_SIGNING_KEY_FILE=var/keys/signing.jwk FHIR_CRYPTO_KEY_FILE=var/keys/keyring.json \
+	FHIR_AUDIT_SIGNING_KEY_FILE=var/keys/audit-signing.jwk
 
 demo: install
 	$(BIN)/fhir-api db upgrade

@@ -30,7 +30,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         logger.addHandler(handler)
 
-    from audit import recorder as audit_recorder
+    import audit
     from audit import views as audit_views
     from fhir_api import db, docs, errors, health, http
     from fhir_api.auth import guard, keys, revocation
@@ -48,7 +48,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     protection.init_app(app)
     http.init_app(app)
-    audit_recorder.init_app(app)  # before the guard: refused requests are recorded too
+    audit.init_app(app)  # before the guard: refused requests are recorded too
     keys.init_app(app)
     revocation.init_app(app)
     guard.init_app(app)

@@ -66,6 +66,16 @@ def serve(host: str, port: int, workers: int | None) -> None:
     except AuthConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     _check_encryption_keys(app)
+    from audit.signing import AuditKeyError, app_key
+
+    try:
+        if app.config.get("AUDIT", True) and app_key(app) is None:
+            raise AuditKeyError(
+                "FHIR_AUDIT_SIGNING_KEY_FILE is not set: the audit log signs its checkpoints and exports "
+                "with an Ed25519 key. `make demo` creates one under var/keys/; in production, provision one."
+            )
+    except AuditKeyError as exc:
+        raise click.ClickException(str(exc)) from None
 
     GunicornApp(gunicorn_options(f"{host}:{port}", workers or default_workers())).run()
 
@@ -92,6 +102,19 @@ def _check_encryption_keys(app: Any) -> None:
                 shield.index_roots(s, create=True)
     except FhirError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+_CONFIG = ("110129", "Security Configuration")
+_ROLES = ("110136", "Security Roles Changed")
+
+
+def _audit_operation(subtype: tuple[str, str], detail: dict[str, str], entities: Any = ()) -> None:
+    """Record a key or client operation in the audit log (who ran it, from where, what it changed)."""
+    import audit
+    from fhir_api import db as database
+
+    with database.new_session() as s:
+        audit.record_operation(s, subtype, detail=detail, entities=entities)
 
 
 def _register_audit_commands() -> None:
@@ -170,6 +193,7 @@ def keys_rotate(batch_size: int, grace: float, resume: bool) -> None:
         total = stale_count(s, kid)
         with tqdm(total=total, unit="key", desc="re-wrapping", disable=None) as bar:
             done = rewrap_all(s, shield, batch=batch_size, grace=grace, progress=bar.update)
+    _audit_operation(_CONFIG, {"operation": "keys rotate", "current-key": kid, "rewrapped": str(done)})
     click.echo(f"re-wrapped {done} keys under {kid}")
 
 
@@ -224,6 +248,7 @@ def keys_rotate_index(batch_size: int, settle: float | None) -> None:
                     )
                     write_index(s, res_type, res_id, body, replace=True, local_base=local_base)
         finish_index_rotation(s, shield, gen)
+    _audit_operation(_CONFIG, {"operation": "keys rotate-index", "index-key": str(gen), "rebuilt": str(done)})
     click.echo(f"rebuilt the blind indexes of {done} resources under key {gen}; older keys retired")
 
 
@@ -243,6 +268,7 @@ def keys_reseal(res_type: str | None, batch_size: int) -> None:
     shield = current_app.extensions["fhir_protection"]
     with database.new_session() as s, tqdm(unit="version", desc="resealing", disable=None) as bar:
         changed = reseal(s, shield, res_type=res_type, batch=batch_size, progress=bar.update)
+    _audit_operation(_CONFIG, {"operation": "keys reseal", "resealed": str(changed)})
     click.echo(f"resealed {changed} versions")
     done = reindex(database.new_session, res_type, 500, progress=True, local_base=_local_base())
     click.echo(f"reindexed {done} resources")
@@ -267,6 +293,7 @@ def keys_retire(kid: str) -> None:
         shield.provider.retire(kid)
     except KeyConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
+    _audit_operation(_CONFIG, {"operation": "keys retire", "key": kid})
     click.echo(f"retired {kid}")
 
 
@@ -357,7 +384,11 @@ def clients_add(
             client = add_client(s, reg)
         except ClientError as exc:
             raise click.UsageError(str(exc)) from None
-        click.echo(client.client_id)
+    _audit_operation(
+        _ROLES,
+        {"operation": "clients add", "client": client.client_id, "role": role, "scope": " ".join(scopes)},
+    )
+    click.echo(client.client_id)
 
 
 @clients_group.command("list")
@@ -386,6 +417,7 @@ def clients_disable(client_id: str) -> None:
             set_disabled(s, client_id)
         except ClientError as exc:
             raise click.UsageError(str(exc)) from None
+    _audit_operation(_ROLES, {"operation": "clients disable", "client": client_id})
     click.echo(f"disabled {client_id}")
 
 
@@ -409,6 +441,12 @@ def demo_setup(key_dir: str) -> None:
         from crypto.kms import generate_key_file
 
         click.echo(f"created encryption keyring {keyring} (key {generate_key_file(keyring)})")
+    audit_key = Path(current_app.config.get("AUDIT_SIGNING_KEY_FILE") or Path(key_dir, "audit-signing.jwk"))
+    if not audit_key.exists():
+        from audit.signing import generate_key_file as generate_audit_key
+
+        generate_audit_key(audit_key)
+        click.echo(f"created audit signing key {audit_key}")
     with database.new_session() as s:
         for name, role, client_id in ensure_demo_clients(s, Path(key_dir, "clients")):
             click.echo(f"  {name:<14} {role:<16} {client_id}")

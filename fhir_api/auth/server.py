@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from audit.recorder import note_actor, note_detail
 from fhir_api import db
 from fhir_api.auth import tokens
 from fhir_api.auth.assertions import ASSERTION_TYPE, unverified_parts, verify_assertion
@@ -104,6 +105,8 @@ def _authenticate_private_key_jwt(query_client: Any, req: Any) -> Client | None:
         raise InvalidClientError(description="client_assertion is missing")
     _, claims = unverified_parts(assertion)
     client_id = claims.get("iss")
+    if isinstance(client_id, str):
+        note_actor(client_id=client_id[:128])  # as claimed: a refusal is recorded under it
     if form.get("client_id") and form.get("client_id") != client_id:
         raise InvalidClientError(description="client_id differs from the client_assertion issuer")
     client = query_client(client_id) if isinstance(client_id, str) else None
@@ -150,6 +153,8 @@ def _generate_token(
     access, claims = tokens.issue(
         client_id=model.client_id, role=model.role, scope=scope or "", organization=organization
     )
+    note_actor(client_id=model.client_id, role=model.role, jti=claims["jti"])
+    note_detail(scope=claims["scope"])
     return {
         "access_token": access,
         "token_type": "bearer",
