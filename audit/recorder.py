@@ -49,7 +49,7 @@ ENDPOINTS: dict[str, tuple[dict[str, str], str, str]] = {
     "audit.search_post": (ev.REST, *_SEARCH),
     "audit.refuse": (ev.REST, "operation", "E"),
     "audit.checkpoints": (ev.REST, "operation", "R"),
-    "audit.export": (ev.EXPORT, "export", "E"),
+    "audit.export_log": (ev.EXPORT, "export", "E"),
     "auth.token": (ev.USER_AUTHENTICATION, "110122", "E"),
     "auth.revoke": (ev.USER_AUTHENTICATION, "110123", "E"),
     "auth.introspect": (ev.USER_AUTHENTICATION, "introspect", "E"),
@@ -57,6 +57,7 @@ ENDPOINTS: dict[str, tuple[dict[str, str], str, str]] = {
 _SUBTYPE_DISPLAY = {"110122": "Login", "110123": "Logout", "export": "Export", "introspect": "Introspect"}
 # Interactions whose query string is part of what was asked (searches, conditional writes, history).
 _RECORD_QUERY = {"E", "D", "U", "C"}
+_CONDITIONAL = ("fhir.conditional_update", "fhir.conditional_delete")
 
 
 @dataclass
@@ -152,11 +153,8 @@ def _event(p: Pending, status: int, failure: dict[str, Any] | None, **override: 
     subtype = override.get("subtype", p.subtype)
     action = override.get("action", p.action)
     code_system = ev.RESTFUL if p.type is ev.REST else ev.DCM
-    record_query = action in _RECORD_QUERY and (
-        request.args
-        or action == "E"
-        or request.endpoint in ("fhir.conditional_update", "fhir.conditional_delete")
-    )
+    conditional = request.endpoint in _CONDITIONAL or bool(request.headers.get("If-None-Exist"))
+    record_query = action in _RECORD_QUERY and bool(request.args or action == "E" or conditional)
     event = Event(
         type=p.type,
         subtype={"system": code_system, "code": subtype, "display": _SUBTYPE_DISPLAY.get(subtype, subtype)},
@@ -214,6 +212,8 @@ def finish(resp: Response) -> Response:
         target = request.view_args or {}
         if not entities and target.get("res_type") and target.get("res_id"):
             entities = [(f"{target['res_type']}/{target['res_id']}", None)]  # what a refused request named
+            if target["res_type"] == "Patient":
+                patients.add(target["res_id"])
         event.entities = list(dict.fromkeys(entities))
         event.patients = sorted(patients)
         store.commit_events(session, [event], signing.mac_key())
