@@ -49,6 +49,7 @@ ENDPOINTS: dict[str, tuple[dict[str, str], str, str]] = {
     "audit.search_post": (ev.REST, *_SEARCH),
     "audit.refuse": (ev.REST, "operation", "E"),
     "audit.checkpoints": (ev.REST, "operation", "R"),
+    "audit.status": (ev.REST, "operation", "R"),
     "audit.export_log": (ev.EXPORT, "export", "E"),
     "auth.token": (ev.USER_AUTHENTICATION, "110122", "E"),
     "auth.revoke": (ev.USER_AUTHENTICATION, "110123", "E"),

@@ -6,6 +6,7 @@ AuditEvents cannot be created, changed or deleted through any API path (405): th
 from __future__ import annotations
 
 import json
+from importlib import resources as package_files
 
 from flask import Response, current_app, g, request, stream_with_context
 from flask_smorest import Blueprint
@@ -13,9 +14,10 @@ from sqlalchemy import select
 
 from audit import export, signing
 from audit import search as audit_search
-from audit.chain import head
-from audit.models import Checkpoint
+from audit.chain import GENESIS, head
+from audit.models import ChainLink, Checkpoint
 from audit.recorder import note_detail
+from audit.verify import verify
 from fhir_api import db
 from fhir_api.auth.guard import access_for, authenticate
 from fhir_api.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
@@ -135,6 +137,72 @@ def checkpoints():
         ],
     }
     return current_app.response_class(json.dumps(body), mimetype="application/json")
+
+
+@blp.route("/audit/status", methods=["GET"])
+def status():
+    """The chain checked from the newest signed checkpoint to the head (the full check is
+    ``fhir-api audit verify``): what the auditor page shows."""
+    _require_auditor("r")
+    key = signing.app_key()
+    latest = (
+        db.session()
+        .execute(
+            select(Checkpoint.seq, Checkpoint.hash, Checkpoint.created, Checkpoint.jws)
+            .order_by(Checkpoint.seq.desc())
+            .limit(1)
+        )
+        .first()
+    )
+    public = signing.public_key(key.as_dict(private=False)) if key is not None else None
+    saved = [{"seq": latest.seq, "hash": latest.hash, "jws": latest.jws}] if latest else []
+    report = verify(
+        _engine(),
+        key=public,
+        mac_key=signing.mac_key(),
+        saved=saved,
+        since=(latest.seq - 1, _hash_before(latest.seq)) if latest else None,
+        orphans=False,
+    )
+    body = {
+        "ok": report.ok,
+        "verified_to": report.head_seq if report.ok else None,
+        "head": {"seq": report.head_seq, "hash": report.head_hash},
+        "checked": report.checked,
+        "checkpoint": {"seq": latest.seq, "time": db.format_instant(latest.created)} if latest else None,
+        "problems": report.problems,
+    }
+    return current_app.response_class(json.dumps(body), mimetype="application/json")
+
+
+def _hash_before(seq: int) -> str:
+    """The hash the link at ``seq`` must follow (its predecessor's), from the chain itself."""
+    if seq <= 1:
+        return GENESIS
+    return db.session().execute(select(ChainLink.hash).where(ChainLink.seq == seq - 1)).scalar() or GENESIS
+
+
+_UI_FILES = {"app.js": "text/javascript", "app.css": "text/css"}
+_UI_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' blob: data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@blp.route("/audit/ui", methods=["GET"])
+@blp.route("/audit/ui/<name>", methods=["GET"])
+def ui(name: str = "index.html"):
+    """The auditor's page (static; its data calls carry the auditor's token)."""
+    mimetype = "text/html" if name == "index.html" else _UI_FILES.get(name)
+    if mimetype is None:
+        raise NotFound(f"/audit/ui has no {name}")
+    data = (package_files.files("audit") / "ui" / name).read_bytes()
+    resp = current_app.response_class(data, mimetype=mimetype)
+    resp.headers["Content-Security-Policy"] = _UI_CSP
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    return resp
 
 
 @blp.route("/audit/export", methods=["GET"])
