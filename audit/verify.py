@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, or_, select
+from sqlalchemy import Engine, and_, exists, func, or_, select, text
 
 from audit import signing
 from audit.chain import GENESIS, head, link_hash
@@ -141,7 +141,8 @@ def verify(
             return report
         chained = exists().where(c.pos == e.pos)
         if conn.dialect.name == "postgresql" and h.txid is not None:
-            below = or_(e.txid < h.txid, and_(e.txid == h.txid, e.pos <= h.pos))
+            txid = func.coalesce(e.txid, -1)  # a row without one was never written by the server
+            below = or_(txid < h.txid, and_(txid == h.txid, e.pos <= h.pos))
         else:
             below = e.pos <= h.pos
         count = select(func.count()).select_from(AuditRow.__table__).where(~chained)
@@ -150,5 +151,26 @@ def verify(
             report.problem(
                 f"{orphans} event(s) below the chain head were never chained (inserted out of band)"
             )
-        report.unchained = (conn.execute(count).scalar() or 0) - orphans
+        _check_pending(conn, chained, below, mac_key, report)
     return report
+
+
+def _check_pending(conn: Any, chained: Any, below: Any, mac_key: bytes | None, report: Report) -> None:
+    """Events not chained yet (committed after the chainer's last run): each must still be the server's
+    own (MAC), and on PostgreSQL within the chainer's reach (a txid it will come to)."""
+    e = AuditRow.__table__.c
+    pg = conn.dialect.name == "postgresql"
+    xmax = (
+        conn.execute(text("SELECT (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint")).scalar()
+        if pg
+        else 0
+    )
+    rows = conn.execution_options(stream_results=True, yield_per=FETCH).execute(
+        select(e.pos, e.txid, e.body, e.mac).where(~chained, ~below)
+    )
+    for pos, txid, body, mac in rows:
+        report.unchained += 1
+        if mac_key is not None and not (mac and hmac.compare_digest(signing.event_mac(mac_key, body), mac)):
+            report.problem(f"unchained event at pos {pos} was not written by this server (MAC does not hold)")
+        if pg and (txid is None or txid >= xmax):
+            report.problem(f"unchained event at pos {pos} has a transaction id the chainer will never reach")

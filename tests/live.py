@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,33 +29,34 @@ def live_server(database_url: str, workers: int = 2, env: dict[str, str] | None 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     script = Path(sys.executable).with_name("fhir-api")
-    proc = subprocess.Popen(
-        [str(script), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-        cwd=ROOT,
-        env={**os.environ, "FHIR_DATABASE_URL": database_url, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read().decode(errors='replace')}")
-            try:
-                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready in 30 s")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    # The server's output goes to a file, never an undrained pipe (a full pipe would block its workers).
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen(
+            [str(script), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            cwd=ROOT,
+            env={**os.environ, "FHIR_DATABASE_URL": database_url, **(env or {})},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+            deadline = time.monotonic() + 30
+            while True:
+                if proc.poll() is not None:
+                    output.seek(0)
+                    raise RuntimeError(f"server exited: {output.read().decode(errors='replace')}")
+                try:
+                    if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not become ready in 30 s")
+                time.sleep(0.1)
+            yield base
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

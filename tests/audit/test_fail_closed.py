@@ -65,7 +65,7 @@ def _assert_audit_unavailable(resp) -> None:
 
 
 def test_reads_and_searches_fail_closed(broken_audit):
-    app, client, pid = broken_audit
+    _, client, pid = broken_audit
     _assert_audit_unavailable(client.get(f"/fhir/R4/Patient/{pid}"))
     _assert_audit_unavailable(client.get("/fhir/R4/Patient?family=Test"))
     _assert_audit_unavailable(client.get(f"/fhir/R4/Patient/{pid}/_history"))

@@ -1,0 +1,114 @@
+"""The chain's own rules: canonical JSON is RFC 8785, links are gap-free, and an event that commits late
+(a long transaction holding an earlier ``pos``) is chained when it commits, never skipped."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+import rfc8785
+from sqlalchemy import text
+
+from audit.chain import GENESIS, catch_up, extend, link_hash
+from audit.events import Actor, Event, canonical
+from audit.signing import app_key, derive_mac_key, public_key
+from audit.store import event_batch
+from audit.verify import verify
+from fhir_api import create_app
+from fhir_api.db import execute_batch
+from tests.helpers import authorized_client, fresh_database, patient
+
+TRICKY = [
+    {"b": 1, "a": [True, False, None], "é": "naïve", "z": {"y": "\u2028", "x": '\x1f\t\n"\\'}},
+    {"emoji": "😀", "日本": "語", "": "", "num": -0, "big": 9007199254740991},
+    {"desc": "</script><b>", "ctl": "".join(chr(c) for c in range(0, 32)), "del": "\x7f"},
+]
+
+
+@pytest.mark.parametrize("value", TRICKY)
+def test_canonical_is_rfc8785(value):
+    assert canonical(value).encode() == rfc8785.dumps(value)
+
+
+def test_recorded_events_are_rfc8785(app, client):
+    client.post("/fhir/R4/Patient", json=patient(), headers={"Content-Type": "application/fhir+json"})
+    client.get("/fhir/R4/Patient?family=Ünïcödé&_count=1")
+    with app.extensions["fhir_db"]["engine"].connect() as conn:
+        bodies = [b for (b,) in conn.execute(text("SELECT body FROM audit_event ORDER BY pos DESC LIMIT 20"))]
+    assert bodies
+    for body in bodies:
+        assert rfc8785.dumps(json.loads(body)).decode() == body
+
+
+def test_link_hash_binds_previous_hash_position_and_content():
+    base = link_hash(GENESIS, 1, '{"a":1}')
+    assert base != link_hash(GENESIS, 2, '{"a":1}')
+    assert base != link_hash("f" * 64, 1, '{"a":1}')
+    assert base != link_hash(GENESIS, 1, '{"a":2}')
+    assert base == link_hash(GENESIS, 1, '{"a":1}')
+
+
+def _event(n: int) -> Event:
+    return Event(
+        type={"system": "urn:test", "code": "rest"},
+        subtype={"system": "urn:test", "code": "read"},
+        action="R",
+        recorded=datetime.now(UTC),
+        actor=Actor(client_id=f"client-{n}", address="127.0.0.1"),
+        server="test",
+    )
+
+
+def test_late_commit_is_chained_not_skipped(tmp_path):
+    """A writer holds an earlier ``pos`` open while a later one commits and the chainer runs: the chainer
+    must wait for it (PostgreSQL: xmin horizon), then chain both. SQLite serialises writers, so there the
+    same sequence simply cannot interleave."""
+    with fresh_database(tmp_path, "latecommit") as url:
+        app = create_app({"DATABASE_URL": url, "TESTING": True})
+        engine = app.extensions["fhir_db"]["engine"]
+        key = app_key(app)
+        mac = derive_mac_key(key)
+        if engine.dialect.name != "postgresql":
+            pytest.skip("SQLite writers never interleave")
+        from sqlalchemy.orm import Session
+
+        slow, fast = Session(engine), Session(engine)
+        with app.app_context():
+            execute_batch(slow, event_batch([_event(1)], mac))  # pos 1, not committed yet
+            execute_batch(fast, event_batch([_event(2)], mac))  # pos 2
+            fast.commit()
+            assert extend(engine) == 0  # the slow writer is still open: nothing past its xid is final
+            slow.commit()
+            assert catch_up(engine, key=key) == 2
+        report = verify(engine, key=public_key(key.as_dict(private=False)), mac_key=mac)
+        assert report.ok and report.checked == 2, report.problems
+        with engine.connect() as conn:
+            order = [r[0] for r in conn.execute(text("SELECT pos FROM audit_chain ORDER BY seq"))]
+        assert sorted(order) == [1, 2]
+        slow.close()
+        fast.close()
+        engine.dispose()
+
+
+def test_chainers_take_turns(tmp_path):
+    """Two chainers at once (two processes' threads): every event chained exactly once, seq gap-free."""
+    import threading
+
+    with fresh_database(tmp_path, "twochainers") as url:
+        app = create_app({"DATABASE_URL": url, "TESTING": True})
+        http = authorized_client(app)
+        for _ in range(30):
+            http.get("/fhir/R4/Patient?_count=1")
+        engine = app.extensions["fhir_db"]["engine"]
+        threads = [threading.Thread(target=catch_up, args=(engine,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        catch_up(engine)
+        with engine.connect() as conn:
+            seqs = [r[0] for r in conn.execute(text("SELECT seq FROM audit_chain ORDER BY seq"))]
+            events = conn.execute(text("SELECT count(*) FROM audit_event")).scalar()
+        assert seqs == list(range(1, events + 1))
+        engine.dispose()
