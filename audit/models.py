@@ -3,14 +3,15 @@
 All four are append-only, enforced by the database (migration 0008: triggers, and on PostgreSQL a separate
 owner role). Events are written in the transaction of the change they record, without any lock; the chain is
 built afterwards by one chainer at a time (``audit.chain``), so concurrent requests never queue on it.
-Every table carries ``recorded`` so that PostgreSQL can partition it by time.
+Every table carries ``recorded`` in its keys (on PostgreSQL also in ``audit_event``'s) so that it can be
+partitioned by time (README: retention).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fhir_api.db import Base, UTCDateTime
@@ -48,7 +49,7 @@ class AuditLink(Base):
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(8), primary_key=True)
     ref: Mapped[str] = mapped_column(String(256), primary_key=True)
-    recorded: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    recorded: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     __table_args__ = (Index("ix_audit_link_ref", "kind", "ref", "recorded"),)
 
 
@@ -58,8 +59,9 @@ class ChainLink(Base):
 
     __tablename__ = "audit_chain"
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    pos: Mapped[int] = mapped_column(BigInteger, nullable=False, unique=True)
-    recorded: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    pos: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    recorded: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    __table_args__ = (UniqueConstraint("pos", "recorded", name="uq_audit_chain_pos"),)
     prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
     txid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

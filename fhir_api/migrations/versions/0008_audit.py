@@ -26,6 +26,7 @@ depends_on = None
 
 TABLES = ("audit_event", "audit_link", "audit_chain", "audit_checkpoint")
 OWNER = "fhir_audit_owner"
+POS = sa.BigInteger().with_variant(sa.Integer, "sqlite")  # SQLite: INTEGER PRIMARY KEY is the rowid
 
 
 def upgrade() -> None:
@@ -33,11 +34,10 @@ def upgrade() -> None:
     pg = bind.dialect.name == "postgresql"
     op.create_table(
         "audit_event",
-        sa.Column(
-            "pos", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
-        ),
+        # PostgreSQL: the key includes ``recorded``, as a table partitioned by time requires
+        sa.Column("pos", POS, primary_key=True, autoincrement=True),
         sa.Column("event_id", sa.String(64), nullable=False),
-        sa.Column("recorded", UTCDateTime, nullable=False),
+        sa.Column("recorded", UTCDateTime, nullable=False, primary_key=pg),
         sa.Column(
             "txid",
             sa.BigInteger,
@@ -59,14 +59,15 @@ def upgrade() -> None:
         sa.Column("event_id", sa.String(64), primary_key=True),
         sa.Column("kind", sa.String(8), primary_key=True),
         sa.Column("ref", sa.String(256), primary_key=True),
-        sa.Column("recorded", UTCDateTime, nullable=False),
+        sa.Column("recorded", UTCDateTime, nullable=False, primary_key=True),
     )
     op.create_index("ix_audit_link_ref", "audit_link", ["kind", "ref", "recorded"])
     op.create_table(
         "audit_chain",
         sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
-        sa.Column("pos", sa.BigInteger, nullable=False, unique=True),
-        sa.Column("recorded", UTCDateTime, nullable=False),
+        sa.Column("pos", sa.BigInteger, nullable=False),
+        sa.Column("recorded", UTCDateTime, nullable=False, primary_key=True),
+        sa.UniqueConstraint("pos", "recorded", name="uq_audit_chain_pos"),
         sa.Column("prev_hash", sa.String(64), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
         sa.Column("txid", sa.BigInteger),
