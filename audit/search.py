@@ -125,3 +125,28 @@ def between(low: datetime | None, high: datetime | None) -> list[ColumnElement[b
     if high is not None:
         out.append(AuditRow.recorded < high)
     return out
+
+
+def capability() -> dict[str, Any]:
+    """AuditEvent's entry in the CapabilityStatement: read and search, for auditors, from the audit log."""
+    hl7 = "http://hl7.org/fhir/SearchParameter/AuditEvent-"
+    types = {"date": "date", "patient": "reference", "agent": "reference", "entity": "reference"}
+    types.update({name: "token" for name in COLUMNS})
+    return {
+        "type": "AuditEvent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "The audit log: written by the server alone (every write path answers 405), read "
+        "and searched by tokens of the auditor role only (newest first).",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "versioning": "no-version",
+        "readHistory": False,
+        "updateCreate": False,
+        "conditionalCreate": False,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        "searchParam": [
+            {"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"}
+        ]
+        + [{"name": n, "definition": f"{hl7}{n}", "type": t} for n, t in sorted(types.items())],
+    }

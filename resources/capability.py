@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app
@@ -17,6 +18,10 @@ from resources.search.query import supported_param_types
 INSTANCE_ORDER = ["read", "vread", "update", "patch", "delete", "history-instance"]
 TYPE_ORDER = ["create", "search-type", "history-type"]
 SYSTEM_ORDER = ["transaction", "batch", "search-system", "history-system"]
+
+
+TYPE_OVERRIDES: dict[str, Callable[[], dict[str, Any]]] = {}
+"""Resource types served by another package than the generic REST layer (the audit log's AuditEvent)."""
 
 
 def implemented_interactions() -> dict[str, set[str]]:
@@ -63,7 +68,9 @@ def capability_statement() -> dict[str, Any]:
     per_type = [{"code": c} for c in INSTANCE_ORDER + TYPE_ORDER if c in found["instance"] | found["type"]]
     cfg = current_app.config
     resources = [
-        {
+        TYPE_OVERRIDES[res_type]()
+        if res_type in TYPE_OVERRIDES
+        else {
             "type": res_type,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{res_type}",
             "interaction": per_type,

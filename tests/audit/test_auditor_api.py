@@ -191,3 +191,14 @@ def test_cli_operations_are_recorded(log, tmp_path, monkeypatch):
     ]
     operators = [a["who"].get("display") for ev in events for a in ev["agent"] if a["requestor"]]
     assert operators and all(op and "@" in op for op in operators)
+
+
+def test_capability_statement_describes_the_audit_log(client):
+    body = client.get("/fhir/R4/metadata").get_json()
+    (entry,) = [r for r in body["rest"][0]["resource"] if r["type"] == "AuditEvent"]
+    assert [i["code"] for i in entry["interaction"]] == ["read", "search-type"]
+    names = {p["name"] for p in entry["searchParam"]}
+    assert {"date", "patient", "agent", "entity", "action", "type", "subtype", "outcome"} <= names
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    CapabilityStatement.model_validate(body)
