@@ -4,7 +4,7 @@
 
 const api = (path) => new URL(path, new URL("../", window.location.href)).toString();
 const $ = (sel) => document.querySelector(sel);
-const state = { first: null, next: null, page: 0 };
+const state = { first: null, next: null, page: 0, loading: 0 };
 
 function token() {
   return sessionStorage.getItem("auditToken") || "";
@@ -125,11 +125,13 @@ function showDetail(event, row) {
 }
 
 async function load(url) {
+  const ticket = ++state.loading; // an older search answering late must not overwrite a newer one
   try {
     const resp = await call(url);
-    showEvents(await resp.json());
+    const bundle = await resp.json();
+    if (ticket === state.loading) showEvents(bundle);
   } catch (err) {
-    say(err.message);
+    if (ticket === state.loading) say(err.message);
   }
 }
 

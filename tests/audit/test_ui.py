@@ -62,9 +62,12 @@ def browser():
 
 
 def _wait(driver, condition, timeout: float = 15):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(condition)
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        condition
+    )
 
 
 def _rows(driver):
@@ -107,7 +110,7 @@ def test_auditor_page_filters_pages_shows_details_and_chain_status(server, brows
     browser.find_element(By.NAME, "action").send_keys("R")
     browser.find_element(By.ID, "search").click()
     _wait(browser, lambda d: d.find_element(By.ID, "page-info").text.startswith("page 1, 20"))
-    assert all(pids[0] in row.text and "read" in row.text for row in _rows(browser))
+    _wait(browser, lambda d: all(pids[0] in row.text and "read" in row.text for row in _rows(d)))
 
     # the next page holds the rest of the 24 reads
     browser.find_element(By.ID, "next").click()

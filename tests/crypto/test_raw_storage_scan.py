@@ -342,6 +342,14 @@ def unexplained(
             chance = len(window) >= len(needle) + 8 and window in opaque
         if not chance:
             chance = straddles(blob, pos, end, tokens)
+        if not chance:  # a piece of a random UUID (resource, event, request ids): a chance match, but a
+            # value that is a whole UUID itself (Synthea's identifiers) still counts
+            around = blob[max(0, pos - 36) : end + 36].decode("latin-1")
+            offset = pos - max(0, pos - 36)
+            chance = any(
+                m.start() <= offset and offset + len(needle) <= m.end() and m.end() - m.start() > len(needle)
+                for m in _UUID.finditer(around)
+            )
         if not chance:
             out.append(pos)
         pos = lowered.find(needle, pos + 1)
