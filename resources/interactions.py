@@ -120,9 +120,16 @@ def create(
     res_id = new_id()  # a client-supplied id is ignored on create, as the spec requires
     _prevalidate(resource, res_type, res_id)
     with db.write_transaction(repo.session, single_batch=not access.narrowed):
-        stored = _store(repo, None, res_type, res_id, 1, "POST", resource)
-        _require_reach_after(repo, access, res_type, res_id, "c")
-        return stored
+        return create_in(repo, res_type, res_id, resource, access)
+
+
+def create_in(
+    repo: ResourceRepository, res_type: str, res_id: str, resource: dict[str, Any], access: Access
+) -> Stored:
+    """The create itself, inside the caller's write transaction (the body already validated)."""
+    stored = _store(repo, None, res_type, res_id, 1, "POST", resource)
+    _require_reach_after(repo, access, res_type, res_id, "c")
+    return stored
 
 
 def read(repo: ResourceRepository, res_type: str, res_id: str, access: Access = UNRESTRICTED) -> Stored:
@@ -161,6 +168,16 @@ def update(
     access: Access = UNRESTRICTED,
 ) -> tuple[Stored, bool]:
     """Returns the new version and whether it was created (update-as-create)."""
+    check_update_body(resource, res_type, res_id)
+    _prevalidate(resource, res_type, res_id)
+    try:
+        with db.write_transaction(repo.session, single_batch=not access.narrowed):
+            return _update_locked(repo, res_type, res_id, resource, if_match, update_create, access)
+    except IntegrityError as exc:
+        raise _integrity_conflict(exc) from None
+
+
+def check_update_body(resource: dict[str, Any], res_type: str, res_id: str) -> None:
     _check_body_type(resource, res_type)
     body_id = resource.get("id")
     if body_id is None:
@@ -169,12 +186,6 @@ def update(
         )
     if body_id != res_id:
         raise BadRequest("The id in the body differs from the id in the URL", expression=f"{res_type}.id")
-    _prevalidate(resource, res_type, res_id)
-    try:
-        with db.write_transaction(repo.session, single_batch=not access.narrowed):
-            return _update_locked(repo, res_type, res_id, resource, if_match, update_create, access)
-    except IntegrityError as exc:
-        raise _integrity_conflict(exc) from None
 
 
 def _update_locked(
@@ -218,31 +229,45 @@ def patch(
     check_type(res_type)
     try:
         with db.write_transaction(repo.session, single_batch=not access.narrowed):
-            current = repo.current(res_type, res_id, lock=True)
-            if current is None:
-                raise NotFound(f"{res_type}/{res_id} is not known")
-            _require_reach(repo, access, res_type, res_id, "u")
-            if current.deleted:
-                raise Gone(f"{res_type}/{res_id} was deleted")
-            _check_if_match(if_match, current.version)
-            stored = repo.vread(res_type, res_id, current.version)
-            assert stored is not None and stored.body is not None
-            original = jsonio.loads_trusted(stored.body)
-            if merge:
-                if not isinstance(document, dict):
-                    raise BadRequest("A merge patch body must be a JSON object")
-                patched = merge_patch(original, document)
-            else:
-                patched = json_patch(original, document)
-            if patched.get("resourceType") != res_type or patched.get("id") != res_id:
-                raise BadRequest("A patch may not change resourceType or id")
-            version = current.version + 1
-            validate(stamp(patched, res_type, res_id, version, db.now()), res_type)
-            stored = _store(repo, current, res_type, res_id, version, "PATCH", patched)
-            _require_reach_after(repo, access, res_type, res_id, "u")
-            return stored
+            return patch_in(repo, res_type, res_id, document, merge=merge, if_match=if_match, access=access)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
+
+
+def patch_in(
+    repo: ResourceRepository,
+    res_type: str,
+    res_id: str,
+    document: Any,
+    *,
+    merge: bool,
+    if_match: int | None,
+    access: Access,
+) -> Stored:
+    """The patch itself, inside the caller's write transaction."""
+    current = repo.current(res_type, res_id, lock=True)
+    if current is None:
+        raise NotFound(f"{res_type}/{res_id} is not known")
+    _require_reach(repo, access, res_type, res_id, "u")
+    if current.deleted:
+        raise Gone(f"{res_type}/{res_id} was deleted")
+    _check_if_match(if_match, current.version)
+    stored = repo.vread(res_type, res_id, current.version)
+    assert stored is not None and stored.body is not None
+    original = jsonio.loads_trusted(stored.body)
+    if merge:
+        if not isinstance(document, dict):
+            raise BadRequest("A merge patch body must be a JSON object")
+        patched = merge_patch(original, document)
+    else:
+        patched = json_patch(original, document)
+    if patched.get("resourceType") != res_type or patched.get("id") != res_id:
+        raise BadRequest("A patch may not change resourceType or id")
+    version = current.version + 1
+    validate(stamp(patched, res_type, res_id, version, db.now()), res_type)
+    stored = _store(repo, current, res_type, res_id, version, "PATCH", patched)
+    _require_reach_after(repo, access, res_type, res_id, "u")
+    return stored
 
 
 def delete(repo: ResourceRepository, res_type: str, res_id: str, access: Access = UNRESTRICTED) -> Stored:
@@ -250,10 +275,14 @@ def delete(repo: ResourceRepository, res_type: str, res_id: str, access: Access 
     check_type(res_type)
     try:
         with db.write_transaction(repo.session, single_batch=True):
-            _require_reach(repo, access, res_type, res_id, "d")
-            return _delete_locked(repo, res_type, res_id)
+            return delete_in(repo, res_type, res_id, access)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
+
+
+def delete_in(repo: ResourceRepository, res_type: str, res_id: str, access: Access) -> Stored:
+    _require_reach(repo, access, res_type, res_id, "d")
+    return _delete_locked(repo, res_type, res_id)
 
 
 def _delete_locked(repo: ResourceRepository, res_type: str, res_id: str) -> Stored:
@@ -309,16 +338,24 @@ def conditional_create(
     res_id = new_id()
     _prevalidate(resource, res_type, res_id)
     with db.write_transaction(repo.session, single_batch=not access.narrowed):
-        found = _matches(repo, res_type, criteria, 2, access)
-        if len(found) > 1:
-            raise PreconditionFailed("The If-None-Exist criteria match more than one resource")
-        if found:
-            existing = repo.read(res_type, found[0])
-            assert existing is not None
+        existing = existing_match(repo, res_type, criteria, access)
+        if existing is not None:
             return existing, False
-        stored = _store(repo, None, res_type, res_id, 1, "POST", resource)
-        _require_reach_after(repo, access, res_type, res_id, "c")
-        return stored, True
+        return create_in(repo, res_type, res_id, resource, access), True
+
+
+def existing_match(
+    repo: ResourceRepository, res_type: str, criteria: list[tuple[str, str]], access: Access
+) -> Stored | None:
+    """Conditional create's test, inside the caller's write transaction: the one match, None, or 412."""
+    found = _matches(repo, res_type, criteria, 2, access)
+    if len(found) > 1:
+        raise PreconditionFailed("The If-None-Exist criteria match more than one resource")
+    if not found:
+        return None
+    existing = repo.read(res_type, found[0])
+    assert existing is not None
+    return existing
 
 
 def conditional_update(
@@ -337,28 +374,72 @@ def conditional_update(
     _prevalidate(resource, res_type, body_id or "placeholder")
     try:
         with db.write_transaction(repo.session, single_batch=not access.narrowed):
-            found = _matches(repo, res_type, criteria, 2, access)
-            if len(found) > 1:
-                raise PreconditionFailed("The conditional update criteria match more than one resource")
-            if found:
-                if body_id is not None and body_id != found[0]:
-                    raise BadRequest(
-                        "The id in the body differs from the resource the criteria match",
-                        expression=f"{res_type}.id",
-                    )
-                matched = {**resource, "id": found[0]}
-                return _update_locked(repo, res_type, found[0], matched, if_match, True, access)
-            if if_match is not None:
-                raise PreconditionFailed("If-Match given but no resource matches the criteria")
-            if body_id is not None:
-                return _update_locked(repo, res_type, body_id, resource, None, update_create, access)
-            access.require(res_type, "c")
-            new = new_id()
-            stored = _store(repo, None, res_type, new, 1, "PUT", resource)
-            _require_reach_after(repo, access, res_type, new, "c")
-            return stored, True
+            return conditional_update_in(
+                repo,
+                res_type,
+                resource,
+                criteria,
+                if_match=if_match,
+                update_create=update_create,
+                access=access,
+            )
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
+
+
+def conditional_update_in(
+    repo: ResourceRepository,
+    res_type: str,
+    resource: dict[str, Any],
+    criteria: list[tuple[str, str]],
+    *,
+    if_match: int | None,
+    update_create: bool,
+    access: Access,
+    new: str | None = None,
+) -> tuple[Stored, bool]:
+    """The conditional update itself, inside the caller's write transaction (``new``: the id to create
+    with when nothing matches and the body has none)."""
+    body_id = resource.get("id")
+    found = _matches(repo, res_type, criteria, 2, access)
+    if len(found) > 1:
+        raise PreconditionFailed("The conditional update criteria match more than one resource")
+    if found:
+        if body_id is not None and body_id != found[0]:
+            raise BadRequest(
+                "The id in the body differs from the resource the criteria match",
+                expression=f"{res_type}.id",
+            )
+        matched = {**resource, "id": found[0]}
+        return _update_locked(repo, res_type, found[0], matched, if_match, True, access)
+    if if_match is not None:
+        raise PreconditionFailed("If-Match given but no resource matches the criteria")
+    if body_id is not None:
+        return _update_locked(repo, res_type, body_id, resource, None, update_create, access)
+    access.require(res_type, "c")
+    new = new or new_id()
+    stored = _store(repo, None, res_type, new, 1, "PUT", resource)
+    _require_reach_after(repo, access, res_type, new, "c")
+    return stored, True
+
+
+def conditional_delete_in(
+    repo: ResourceRepository,
+    res_type: str,
+    criteria: list[tuple[str, str]],
+    *,
+    multiple: bool,
+    limit: int,
+    access: Access,
+) -> list[Stored]:
+    found = _matches(repo, res_type, criteria, limit + 1 if multiple else 2, access)
+    if not found:
+        raise NotFound(f"No {res_type} matches the conditional delete criteria")
+    if len(found) > 1 and not multiple:
+        raise PreconditionFailed("The conditional delete criteria match more than one resource")
+    if len(found) > limit:
+        raise PreconditionFailed(f"The criteria match more than {limit} resources; narrow them")
+    return [_delete_locked(repo, res_type, res_id) for res_id in found]
 
 
 def conditional_delete(
@@ -374,13 +455,8 @@ def conditional_delete(
     check_type(res_type)
     try:
         with db.write_transaction(repo.session):
-            found = _matches(repo, res_type, criteria, limit + 1 if multiple else 2, access)
-            if not found:
-                raise NotFound(f"No {res_type} matches the conditional delete criteria")
-            if len(found) > 1 and not multiple:
-                raise PreconditionFailed("The conditional delete criteria match more than one resource")
-            if len(found) > limit:
-                raise PreconditionFailed(f"The criteria match more than {limit} resources; narrow them")
-            return [_delete_locked(repo, res_type, res_id) for res_id in found]
+            return conditional_delete_in(
+                repo, res_type, criteria, multiple=multiple, limit=limit, access=access
+            )
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
