@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +46,7 @@ ENDPOINTS: dict[str, tuple[dict[str, str], str, str]] = {
     "fhir.history_instance": (ev.REST, "history-instance", "R"),
     "fhir.history_type": (ev.REST, "history-type", "R"),
     "fhir.history_system": (ev.REST, "history-system", "R"),
+    "fhir.bundle": (ev.REST, "batch", "E"),
     "audit.read": (ev.REST, "read", "R"),
     "audit.search": (ev.REST, *_SEARCH),
     "audit.search_post": (ev.REST, *_SEARCH),
@@ -74,6 +77,7 @@ class Pending:
     detail: dict[str, str] = field(default_factory=dict)
     actor: dict[str, Any] = field(default_factory=dict)  # set by the token endpoint for its client
     written: int = 0  # events that committed with the request's writes
+    always: bool = False  # record the request itself even when its writes were recorded (bundles)
 
 
 def pending() -> Pending | None:
@@ -99,6 +103,14 @@ def note_returned(refs: list[tuple[str, str]]) -> None:
         p.returned.extend(refs)
 
 
+def note_bundle(kind: str, entries: int) -> None:
+    """A batch or transaction: its own event always, besides those of its entries."""
+    p = pending()
+    if p is not None:
+        p.subtype, p.always = kind, True
+        p.detail["entries"] = str(entries)
+
+
 def note_detail(**facts: str) -> None:
     """Facts of an operation worth keeping in its event (an export's format and range)."""
     p = pending()
@@ -111,6 +123,49 @@ def note_actor(**facts: Any) -> None:
     p = pending()
     if p is not None:
         p.actor.update({k: v for k, v in facts.items() if v})
+
+
+@contextmanager
+def entry(subtype: str, action: str) -> Iterator[None]:
+    """Within a bundle: what one entry does, for the events its writes record."""
+    p = pending()
+    if p is None:
+        yield
+        return
+    saved = (p.type, p.subtype, p.action)
+    p.type, p.subtype, p.action = ev.REST, subtype, action
+    try:
+        yield
+    finally:
+        p.type, p.subtype, p.action = saved
+
+
+def record_entry(
+    session: Session,
+    *,
+    subtype: str,
+    action: str,
+    entities: list[tuple[str, str | None]],
+    returned: list[tuple[str, str]],
+    failure: dict[str, Any] | None = None,
+    status: int = 200,
+    in_transaction: bool,
+) -> None:
+    """One bundle entry that wrote nothing (a read, a search, a refusal): in the bundle's transaction when
+    there is one (all or nothing), else committed now."""
+    p = pending()
+    if p is None or not enabled():
+        return
+    event = _event(p, status, failure, subtype=subtype, action=action)
+    event.query = None
+    event.entities = entities
+    event.patients = sorted(store.patients_of(session, returned)) if returned else []
+    if in_transaction:
+        from fhir_api.db import execute_batch
+
+        execute_batch(session, store.event_batch([event], signing.mac_key()))
+    else:
+        store.commit_events(session, [event], signing.mac_key())
 
 
 def write_batch(
@@ -200,7 +255,7 @@ def finish(resp: Response) -> Response:
     p = pending()
     if p is None or not enabled():
         return resp
-    if p.written and resp.status_code < 400:
+    if p.written and resp.status_code < 400 and not p.always:
         return resp
     try:
         session = db.session()

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "UPDATE_CREATE": True,  # PUT to an unknown id creates it with the client's id (as HAPI does)
     "CONDITIONAL_DELETE_MULTIPLE": False,  # DELETE Type?criteria may delete several matches
     "CONDITIONAL_DELETE_LIMIT": 100,
+    "BUNDLE_MAX_ENTRIES": 10000,  # entries per batch or transaction (more: 413)
     # Authorization (SMART). The signing key has no default: `make demo` creates one under var/keys/.
     "AUTH_SIGNING_KEY_FILE": None,
     "AUTH_TOKEN_LIFETIME": 300,  # seconds, at most 300

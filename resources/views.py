@@ -8,12 +8,21 @@ from urllib.parse import parse_qsl
 
 from flask import current_app, g, jsonify, request
 from flask_smorest import Blueprint
+from sqlalchemy.exc import IntegrityError
 from werkzeug.routing import BaseConverter
 
 from audit import recorder as audit
 from fhir_api import db
 from fhir_api.auth.discovery import smart_configuration as smart_configuration_document
-from fhir_api.errors import BadRequest, Issue, MethodNotAllowed, NotFound, operation_outcome
+from fhir_api.errors import (
+    BadRequest,
+    Conflict,
+    FhirError,
+    Issue,
+    MethodNotAllowed,
+    NotFound,
+    operation_outcome,
+)
 from fhir_api.http import (
     JSON,
     JSON_PATCH,
@@ -28,7 +37,7 @@ from fhir_api.http import (
     parse_prefer,
     require_json_body,
 )
-from resources import interactions, jsonio
+from resources import interactions, jsonio, transactions
 from resources.access import Access
 from resources.bundles import history_bundle, page_url
 from resources.capability import capability_statement
@@ -429,3 +438,111 @@ def search_system():
 def search_system_post():
     """System search with the parameters in a form body."""
     return _search_response(None, "")
+
+
+# -- transaction and batch ---------------------------------------------------------------------------------
+_ENTRY_SUBTYPE = {
+    "POST": ("create", "C"),
+    "PUT": ("update", "U"),
+    "PATCH": ("patch", "U"),
+    "DELETE": ("delete", "D"),
+}
+
+
+def _entry_subtype(e: transactions.Entry) -> tuple[str, str]:
+    if e.method in _ENTRY_SUBTYPE:
+        return _ENTRY_SUBTYPE[e.method]
+    if e.res_id is None:
+        return "search-type", "E"
+    return ("vread", "R") if e.version else ("read", "R")
+
+
+@blp.route("/", methods=["POST"])
+@interaction("transaction", "system")
+@interaction("batch", "system")
+def bundle():
+    """A transaction (all entries or none) or a batch (each entry on its own) Bundle."""
+    cfg = current_app.config
+    kind, entries = transactions.parse(_resource_body(), int(cfg["BUNDLE_MAX_ENTRIES"]), base_url())
+    in_transaction = kind == "transaction"
+    audit.note_bundle(kind, len(entries))
+    session = db.session()
+
+    def read(e: transactions.Entry, refs: list[tuple[str, str]], stored: Stored | None) -> None:
+        subtype, action = _entry_subtype(e)
+        entities = [(f"{stored.res_type}/{stored.res_id}", str(stored.version))] if stored else []
+        audit.record_entry(
+            session,
+            subtype=subtype,
+            action=action,
+            entities=entities,
+            returned=refs,
+            in_transaction=in_transaction,
+        )
+
+    def failed(e: transactions.Entry, exc: FhirError) -> None:
+        subtype, action = _entry_subtype(e)
+        target = [(f"{e.res_type}/{e.res_id}", None)] if e.res_id else []
+        outcome = operation_outcome(exc.issues, exc.code, exc.slug)
+        audit.record_entry(
+            session,
+            subtype=subtype,
+            action=action,
+            entities=target,
+            returned=[],
+            failure=outcome,
+            status=exc.status,
+            in_transaction=False,
+        )
+
+    def search(e: transactions.Entry) -> str:
+        req = parse_request(
+            e.res_type,
+            e.criteria,
+            default_count=int(cfg["DEFAULT_PAGE_SIZE"]),
+            max_count=int(cfg["MAX_PAGE_SIZE"]),
+        )
+        ctx = SearchContext(session=session, base_url=base_url(), access=_access())
+        page = interactions.search(session, req, ctx)
+        read(e, [(s.res_type, s.res_id) for s in (*page.matches, *page.included)], None)
+        return searchset_bundle(page, base_url(), f"/{e.res_type}", e.criteria)
+
+    hooks = transactions.Hooks(entry=lambda e: audit.entry(*_entry_subtype(e)), read=read, failed=failed)
+    settings = transactions.Settings(
+        max_entries=int(cfg["BUNDLE_MAX_ENTRIES"]),
+        update_create=bool(cfg.get("UPDATE_CREATE", True)),
+        local_base=base_url(),
+        search=search,
+    )
+    run = transactions.transaction if in_transaction else transactions.batch
+    try:
+        results = run(_repo(), entries, _access(), settings, hooks)
+    except IntegrityError:
+        raise Conflict("The transaction collided with a concurrent change; retry it") from None
+    return fhir_response(_bundle_response(kind, entries, results))
+
+
+def _bundle_response(kind: str, entries: list[transactions.Entry], results: dict[int, Any]) -> str:
+    """The transaction-response or batch-response, entries in the request's order."""
+    minimal = parse_prefer().get("return") == "minimal"
+    base = base_url()
+    parts = []
+    for e in entries:
+        out = results[e.index]
+        response: dict[str, Any] = {"status": out.status}
+        stored = out.stored
+        if stored is not None:
+            if out.location:
+                response["location"] = f"{stored.res_type}/{stored.res_id}/_history/{stored.version}"
+            response["etag"] = etag(stored.version)
+            response["lastModified"] = db.format_instant(stored.last_updated)
+        if isinstance(out.body, FhirError):
+            response["outcome"] = operation_outcome(out.body.issues, out.body.code, out.body.slug)
+        entry = ""
+        text = out.body if isinstance(out.body, str) else (stored.body if stored is not None else None)
+        if text and not minimal and e.method != "DELETE":
+            if stored is not None:
+                entry += f'"fullUrl":{jsonio.dumps(f"{base}/{stored.res_type}/{stored.res_id}")},'
+            entry += f'"resource":{text},'
+        parts.append("{" + entry + f'"response":{jsonio.dumps(response)}' + "}")
+    return f'{{"resourceType":"Bundle","type":"{kind}-response","entry":[{",".join(parts)}]}}'
