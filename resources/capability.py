@@ -18,6 +18,7 @@ from resources.search.query import supported_param_types
 INSTANCE_ORDER = ["read", "vread", "update", "patch", "delete", "history-instance"]
 TYPE_ORDER = ["create", "search-type", "history-type"]
 SYSTEM_ORDER = ["transaction", "batch", "search-system", "history-system"]
+VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
 
 
 TYPE_OVERRIDES: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -106,6 +107,11 @@ def capability_statement() -> dict[str, Any]:
                 "security": capability_security(),
                 "resource": resources,
                 "interaction": [{"code": c} for c in SYSTEM_ORDER if c in found["system"]],
+                **(
+                    {"operation": [{"name": "validate", "definition": VALIDATE}]}
+                    if "validate" in found["type"]
+                    else {}
+                ),
             }
         ],
     }

@@ -59,7 +59,7 @@ def _check_body_type(resource: dict[str, Any], res_type: str) -> None:
         raise BadRequest(f"The body is a {body_type} but the URL names {res_type}", expression="resourceType")
 
 
-def _prevalidate(resource: dict[str, Any], res_type: str, res_id: str) -> None:
+def prevalidate(resource: dict[str, Any], res_type: str, res_id: str) -> None:
     """Validate before taking any lock: stamping later only changes server-managed fields."""
     validate(stamp(resource, res_type, res_id, 1, db.now()), res_type)
 
@@ -118,7 +118,7 @@ def create(
 ) -> Stored:
     _check_body_type(resource, res_type)
     res_id = new_id()  # a client-supplied id is ignored on create, as the spec requires
-    _prevalidate(resource, res_type, res_id)
+    prevalidate(resource, res_type, res_id)
     with db.write_transaction(repo.session, single_batch=not access.narrowed):
         return create_in(repo, res_type, res_id, resource, access)
 
@@ -169,10 +169,10 @@ def update(
 ) -> tuple[Stored, bool]:
     """Returns the new version and whether it was created (update-as-create)."""
     check_update_body(resource, res_type, res_id)
-    _prevalidate(resource, res_type, res_id)
+    prevalidate(resource, res_type, res_id)
     try:
         with db.write_transaction(repo.session, single_batch=not access.narrowed):
-            return _update_locked(repo, res_type, res_id, resource, if_match, update_create, access)
+            return update_in(repo, res_type, res_id, resource, if_match, update_create, access)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
 
@@ -188,7 +188,7 @@ def check_update_body(resource: dict[str, Any], res_type: str, res_id: str) -> N
         raise BadRequest("The id in the body differs from the id in the URL", expression=f"{res_type}.id")
 
 
-def _update_locked(
+def update_in(
     repo: ResourceRepository,
     res_type: str,
     res_id: str,
@@ -336,7 +336,7 @@ def conditional_create(
     """0 matches: create (True); 1 match: that resource, untouched (False); several: 412."""
     _check_body_type(resource, res_type)
     res_id = new_id()
-    _prevalidate(resource, res_type, res_id)
+    prevalidate(resource, res_type, res_id)
     with db.write_transaction(repo.session, single_batch=not access.narrowed):
         existing = existing_match(repo, res_type, criteria, access)
         if existing is not None:
@@ -371,7 +371,7 @@ def conditional_update(
     """1 match: update it; 0: create (with the body's id if given); several: 412."""
     _check_body_type(resource, res_type)
     body_id = resource.get("id")
-    _prevalidate(resource, res_type, body_id or "placeholder")
+    prevalidate(resource, res_type, body_id or "placeholder")
     try:
         with db.write_transaction(repo.session, single_batch=not access.narrowed):
             return conditional_update_in(
@@ -411,11 +411,11 @@ def conditional_update_in(
                 expression=f"{res_type}.id",
             )
         matched = {**resource, "id": found[0]}
-        return _update_locked(repo, res_type, found[0], matched, if_match, True, access)
+        return update_in(repo, res_type, found[0], matched, if_match, True, access)
     if if_match is not None:
         raise PreconditionFailed("If-Match given but no resource matches the criteria")
     if body_id is not None:
-        return _update_locked(repo, res_type, body_id, resource, None, update_create, access)
+        return update_in(repo, res_type, body_id, resource, None, update_create, access)
     access.require(res_type, "c")
     new = new or new_id()
     stored = _store(repo, None, res_type, new, 1, "PUT", resource)

@@ -18,6 +18,7 @@ from fhir_api.errors import (
     BadRequest,
     Conflict,
     FhirError,
+    InvalidResource,
     Issue,
     MethodNotAllowed,
     NotFound,
@@ -48,6 +49,7 @@ from resources.search.compartments import member_params
 from resources.search.query import SearchContext
 from resources.search.results import parse_request, searchset_bundle
 from resources.summary import parse_elements, parse_summary, select_elements, summarize
+from resources.validation import validate
 
 blp = Blueprint("fhir", __name__, url_prefix="/fhir/R4", description="FHIR R4 RESTful interactions")
 
@@ -438,6 +440,42 @@ def search_system():
 def search_system_post():
     """System search with the parameters in a form body."""
     return _search_response(None, "")
+
+
+# -- $validate -------------------------------------------------------------------------------------------
+def _validation_outcome(res_type: str, res_id: str | None) -> Any:
+    """$validate: 200 with an OperationOutcome that lists every problem, or says the resource is valid."""
+    audit.note_detail(operation="$validate")
+    body = _resource_body()
+    if body.get("resourceType") == "Parameters":  # the resource in a "resource" parameter
+        given = [p.get("resource") for p in body.get("parameter") or [] if p.get("name") == "resource"]
+        if not given or not isinstance(given[0], dict):
+            raise BadRequest("Parameters for $validate need a 'resource' parameter", expression="Parameters")
+        body = given[0]
+    if res_id is not None and body.get("id") not in (None, res_id):
+        raise BadRequest("The resource's id differs from the id in the URL", expression=f"{res_type}.id")
+    try:
+        validate(body, res_type)
+    except InvalidResource as exc:
+        return fhir_response(operation_outcome(exc.issues, exc.code, exc.slug))
+    ok = Issue(f"The {res_type} is valid", code="informational", severity="information")
+    return fhir_response(operation_outcome([ok], "informational"))
+
+
+@blp.route("/<rtype:res_type>/$validate", methods=["POST"])
+@interaction("validate", "type")
+def validate_type(res_type: str):
+    """Check a resource against the R4 rules this server enforces, without storing it."""
+    check_type(res_type)
+    return _validation_outcome(res_type, None)
+
+
+@blp.route("/<rtype:res_type>/<fid:res_id>/$validate", methods=["POST"])
+def validate_instance(res_type: str, res_id: str):
+    """Check a resource meant to update ``res_id``, without storing it."""
+    check_type(res_type)
+    audit.note_resource(res_type, res_id)
+    return _validation_outcome(res_type, res_id)
 
 
 # -- transaction and batch ---------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ ACTIONS = {
     "fhir.search_system_post": "s",
     "fhir.history_type": "s",
     "fhir.history_system": "s",
+    "fhir.validate_type": "c",
+    "fhir.validate_instance": "u",
 }
 
 

@@ -27,7 +27,12 @@ def test_metadata_validates_and_lists_what_is_implemented(client, app):
         "history-type",
         "search-type",
     }
-    assert {i["code"] for i in rest["interaction"]} == {"history-system", "search-system"}
+    assert {i["code"] for i in rest["interaction"]} == {
+        "transaction",
+        "batch",
+        "history-system",
+        "search-system",
+    }
     patient = next(r for r in rest["resource"] if r["type"] == "Patient")
     params = {p["name"]: p["type"] for p in patient["searchParam"]}
     assert params["name"] == "string" and params["birthdate"] == "date" and params["_id"] == "token"

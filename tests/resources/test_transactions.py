@@ -302,3 +302,29 @@ def test_each_entry_and_the_bundle_are_audited(app, client, kind):
     assert kinds == sorted([("create", "C"), ("create", "C"), ("search-type", "E"), (kind, "E")])
     (own,) = [e for e in events if e["subtype"][0]["code"] == kind]
     assert {d["type"]: d["valueString"] for e in own["entity"] for d in e.get("detail", [])}["entries"] == "3"
+
+
+def test_validate_operation(client):
+    good = client.post("/fhir/R4/Patient/$validate", json=patient(), headers={"Content-Type": FHIR})
+    assert good.status_code == 200 and good.get_json()["issue"][0]["severity"] == "information"
+    bad = client.post(
+        "/fhir/R4/Patient/$validate", json=patient(birthDate="1990-13-01"), headers={"Content-Type": FHIR}
+    )
+    assert bad.status_code == 200
+    issue = bad.get_json()["issue"][0]
+    assert issue["severity"] == "error" and issue["expression"] == ["Patient.birthDate"]
+    wrapped = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "resource", "resource": {**patient(), "id": "v1"}}],
+    }
+    inst = client.post("/fhir/R4/Patient/v1/$validate", json=wrapped, headers={"Content-Type": FHIR})
+    assert inst.status_code == 200 and inst.get_json()["issue"][0]["severity"] == "information"
+    assert client.get("/fhir/R4/Patient/v1").status_code == 404  # nothing stored
+    other = client.post("/fhir/R4/Patient/v2/$validate", json=wrapped, headers={"Content-Type": FHIR})
+    assert other.status_code == 400
+    meta = client.get("/fhir/R4/metadata").get_json()["rest"][0]
+    assert {
+        "name": "validate",
+        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+    } in meta["operation"]
+    assert {"code": "transaction"} in meta["interaction"] and {"code": "batch"} in meta["interaction"]
