@@ -48,6 +48,8 @@ ENDPOINTS: dict[str, tuple[dict[str, str], str, str]] = {
     "fhir.history_system": (ev.REST, "history-system", "R"),
     "fhir.bundle": (ev.REST, "batch", "E"),
     "fhir.validate_type": (ev.REST, "operation", "E"),
+    "fhir.patient_everything": (ev.REST, "operation", "E"),
+    "fhir.patients_everything": (ev.REST, "operation", "E"),
     "fhir.validate_instance": (ev.REST, "operation", "E"),
     "audit.read": (ev.REST, "read", "R"),
     "audit.search": (ev.REST, *_SEARCH),

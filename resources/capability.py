@@ -19,6 +19,7 @@ INSTANCE_ORDER = ["read", "vread", "update", "patch", "delete", "history-instanc
 TYPE_ORDER = ["create", "search-type", "history-type"]
 SYSTEM_ORDER = ["transaction", "batch", "search-system", "history-system"]
 VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
 
 
 TYPE_OVERRIDES: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -87,6 +88,11 @@ def capability_statement() -> dict[str, Any]:
                 else "not-supported"
             ),
             **({"searchParam": search_params(res_type)} if "search-type" in found["type"] else {}),
+            **(
+                {"operation": [{"name": "everything", "definition": EVERYTHING}]}
+                if res_type == "Patient" and "everything" in found["instance"]
+                else {}
+            ),
         }
         for res_type in supported_types()
     ]

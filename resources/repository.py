@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, exists, func, insert, select, tuple_, update
+from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
 from fhir_api.db import Batch, execute_batch
@@ -16,6 +16,7 @@ from resources.dates import DateRange
 from resources.models import Resource, ResourceVersion
 from resources.protection import service as protection
 from resources.search.indexer import blind_context, index_batch
+from resources.search.models import ReferenceIndex
 
 
 class WriteListener(Protocol):
@@ -237,6 +238,32 @@ class ResourceRepository:
         if lock:
             stmt = stmt.with_for_update(of=Resource)
         return [_stored_row(row) for row in self.session.execute(stmt)]
+
+    def referenced_from_compartment(
+        self,
+        pid: str,
+        member_params: dict[str, tuple[str, ...]],
+        after: tuple[str, ...] | None,
+        limit: int,
+    ) -> list[tuple[str, str]]:
+        """(type, id) of local resources referenced by members of Patient ``pid``'s compartment (members
+        found through their compartment parameters), in (type, id) order after ``after``."""
+        member = aliased(ReferenceIndex)
+        pairs = [and_(member.res_type == t, member.param.in_(ps)) for t, ps in member_params.items() if ps]
+        members = select(member.res_type, member.res_id).where(
+            member.target_type == "Patient", member.target_id == pid, or_(*pairs)
+        )
+        ref = aliased(ReferenceIndex)
+        stmt = (
+            select(ref.target_type, ref.target_id)
+            .where(tuple_(ref.res_type, ref.res_id).in_(members), ref.target_type.is_not(None))
+            .distinct()
+            .order_by(ref.target_type, ref.target_id)
+            .limit(limit)
+        )
+        if after is not None and len(after) == 2:
+            stmt = stmt.where(tuple_(ref.target_type, ref.target_id) > tuple_(*after))
+        return [(t, i) for t, i in self.session.execute(stmt) if t and i]
 
     def count_current(self, res_type: str | None = None) -> int:
         stmt = select(func.count()).select_from(Resource).where(Resource.deleted.is_(False))

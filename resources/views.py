@@ -38,7 +38,7 @@ from fhir_api.http import (
     parse_prefer,
     require_json_body,
 )
-from resources import interactions, jsonio, transactions
+from resources import everything, interactions, jsonio, transactions
 from resources.access import Access
 from resources.bundles import history_bundle, page_url
 from resources.capability import capability_statement
@@ -47,7 +47,7 @@ from resources.registry import check_type
 from resources.repository import HistoryQuery, ResourceRepository, Stored
 from resources.search.compartments import member_params
 from resources.search.query import SearchContext
-from resources.search.results import parse_request, searchset_bundle
+from resources.search.results import SearchPage, parse_request, searchset_bundle
 from resources.summary import parse_elements, parse_summary, select_elements, summarize
 from resources.validation import validate
 
@@ -440,6 +440,62 @@ def search_system():
 def search_system_post():
     """System search with the parameters in a form body."""
     return _search_response(None, "")
+
+
+# -- $everything -----------------------------------------------------------------------------------------
+def _everything_args() -> tuple[list[str] | None, str | None, int, str | None]:
+    cfg = current_app.config
+    args = request.args
+    types = [t for t in args.get("_type", "").split(",") if t] or None
+    since = args.get("_since")
+    if since:
+        parse_range(since, "_since")  # 400 when it is not a date
+    count_arg = args.get("_count")
+    count = int(cfg["DEFAULT_PAGE_SIZE"])
+    if count_arg is not None:
+        if not count_arg.isdigit() or int(count_arg) < 1:
+            raise BadRequest("_count must be a positive integer", expression="_count")
+        count = min(int(count_arg), int(cfg["MAX_PAGE_SIZE"]))
+    return types, since, count, args.get("_cursor")
+
+
+def _everything_bundle(entries: list[Stored], next_cursor: str | None, path: str) -> Any:
+    audit.note_returned([(s.res_type, s.res_id) for s in entries])
+    page = SearchPage(entries, [], None, next_cursor, None, [])
+    args = [(k, v) for k, v in request.args.items(multi=True) if k != "_cursor"]
+    return fhir_response(searchset_bundle(page, base_url(), path, args))
+
+
+@blp.route("/Patient/<fid:res_id>/$everything", methods=["GET"])
+@interaction("everything", "instance")
+def patient_everything(res_id: str):
+    """The patient and every resource of their compartment that the token may see, paged."""
+    types, since, count, cursor = _everything_args()
+    access = _access()
+    found = _repo().read("Patient", res_id)
+    if (
+        found is None
+        or found.deleted
+        or (access.narrowed and not access.visible(db.session(), "Patient", res_id))
+    ):
+        raise NotFound(f"Patient/{res_id} is not known")
+    audit.note_resource("Patient", res_id)
+    ctx = SearchContext(session=db.session(), base_url=base_url(), access=access)
+    page = everything.everything(
+        db.session(), ctx, res_id, types=types, since=since, count=count, cursor=cursor
+    )
+    return _everything_bundle(page.entries, page.next_cursor, f"/Patient/{res_id}/$everything")
+
+
+@blp.route("/Patient/$everything", methods=["GET"])
+def patients_everything():
+    """Every patient the token may see, each followed by their record, paged."""
+    types, since, count, cursor = _everything_args()
+    ctx = SearchContext(session=db.session(), base_url=base_url(), access=_access())
+    entries, next_cursor = everything.all_patients(
+        db.session(), ctx, types=types, since=since, count=count, cursor=cursor
+    )
+    return _everything_bundle(entries, next_cursor, "/Patient/$everything")
 
 
 # -- $validate -------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ ACTIONS = {
     "fhir.history_type": "s",
     "fhir.history_system": "s",
     "fhir.validate_type": "c",
+    "fhir.patient_everything": "r",
+    "fhir.patients_everything": "s",
     "fhir.validate_instance": "u",
 }
 
