@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -314,6 +315,38 @@ def search_reindex(res_type: str | None, batch_size: int) -> None:
     count = reindex(database.new_session, res_type, batch_size, progress=True, local_base=_local_base())
     database.analyze(database.engine())
     click.echo(f"reindexed {count} resources")
+
+
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--workers", default=None, type=int, help="Parallel loaders (default: CPUs, at most 4).")
+@click.option("--chunk", default=500, show_default=True, type=int, help="NDJSON resources per transaction.")
+def import_cmd(paths: tuple[str, ...], workers: int | None, chunk: int) -> None:
+    """Load FHIR Bundles (transaction, batch, collection) and NDJSON files through the API's write path."""
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    from fhir_api import db as database
+    from resources.importer import expand, run
+
+    files = expand(list(paths))
+    workers = workers or min(4, multiprocessing.cpu_count())
+    with tqdm(total=len(files), unit="file", desc="importing", disable=None) as bar:
+        results = run(files, workers, chunk, progress=lambda _r: bar.update(1))
+    app = create_app()
+    with app.app_context():
+        database.analyze(database.engine())
+    total = sum(r.resources for r in results)
+    failed = [r for r in results if r.failed]
+    click.echo(
+        f"{len(files)} files, {total} resources: {sum(r.created for r in results)} created, "
+        f"{sum(r.updated for r in results)} matched or updated, {sum(r.failed for r in results)} failed"
+    )
+    for r in failed:
+        click.echo(f"FAILED {r.path}: {'; '.join(r.errors[:3])}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @main.command("seed")
