@@ -337,6 +337,7 @@ def import_cmd(paths: tuple[str, ...], workers: int | None, chunk: int) -> None:
     app = create_app()
     with app.app_context():
         database.analyze(database.engine())
+    database.dispose(app)
     total = sum(r.resources for r in results)
     failed = [r for r in results if r.failed]
     click.echo(

@@ -116,6 +116,11 @@ def init_app(app: Flask) -> None:
             session.close()
 
 
+def dispose(app: Flask) -> None:
+    """Close an app's pooled connections (command-line work done with an app of its own)."""
+    app.extensions["fhir_db"]["engine"].dispose()
+
+
 def engine() -> Engine:
     return current_app.extensions["fhir_db"]["engine"]
 

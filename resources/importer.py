@@ -132,6 +132,23 @@ def run(
     files: list[Path], workers: int, chunk: int, progress: Callable[[FileResult], None]
 ) -> list[FileResult]:
     """Directory bundles one by one, then the rest over ``workers`` processes."""
+    try:
+        return _run(files, workers, chunk, progress)
+    finally:
+        close()
+
+
+def close() -> None:
+    """Release this process's app and its connections."""
+    global _APP
+    if _APP is not None:
+        _APP[0].extensions["fhir_db"]["engine"].dispose()
+        _APP = None
+
+
+def _run(
+    files: list[Path], workers: int, chunk: int, progress: Callable[[FileResult], None]
+) -> list[FileResult]:
     results = []
     first = [f for f in files if is_directory_bundle(f)]
     rest = [f for f in files if not is_directory_bundle(f)]
