@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from flask import Flask
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, text
+from sqlalchemy import Connection, Engine, insert, literal, select, text, tuple_
 
 from audit import signing
 from audit.models import AuditRow, ChainLink, Checkpoint
@@ -63,9 +63,9 @@ def _pending(conn: Connection, h: Head, limit: int) -> list[tuple[int, int | Non
             text("SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")
         ).scalar()
         last = h.txid if h.txid is not None else -1
-        stmt = stmt.where(e.txid < horizon, or_(e.txid > last, and_(e.txid == last, e.pos > h.pos))).order_by(
-            e.txid, e.pos
-        )
+        # a row comparison, so the (txid, pos) index seeks to the resume point instead of filtering
+        resume = tuple_(e.txid, e.pos) > tuple_(literal(last), literal(h.pos))
+        stmt = stmt.where(e.txid < horizon, resume).order_by(e.txid, e.pos)
     else:
         stmt = stmt.where(e.pos > h.pos).order_by(e.pos)
     return [tuple(r) for r in conn.execute(stmt.limit(limit))]  # type: ignore[misc]

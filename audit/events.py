@@ -205,12 +205,14 @@ class Event:
         return out
 
     def links(self) -> set[tuple[str, str]]:
-        """(kind, ref) pairs an auditor searches by: patients, entities, agents."""
+        """(kind, ref) rows an auditor searches by, as few as will do: patients; entities that are not
+        patients (a Patient entity is found as a patient); users and operators (the client's id is a
+        column of the event itself)."""
         out = {("patient", f"Patient/{p}") for p in self.patients}
-        out |= {("entity", ref) for ref, _ in self.entities}
-        out |= {("patient", ref) for ref, _ in self.entities if ref.startswith("Patient/")}
+        for ref, _ in self.entities:
+            out.add(("patient", ref) if ref.startswith("Patient/") else ("entity", ref))
         a = self.actor
-        out |= {("agent", v) for v in (a.client_id, a.fhir_user, a.operator) if v}
+        out |= {("agent", v) for v in (a.fhir_user, a.operator) if v}
         return out
 
 

@@ -22,7 +22,8 @@ from sqlalchemy import Engine, select
 
 from audit import signing
 from audit.chain import head
-from audit.models import AuditLink, AuditRow, ChainLink
+from audit.models import AuditRow, ChainLink
+from audit.search import linked
 from fhir_api.db import format_instant
 
 FORMATS = {"ndjson": "application/fhir+ndjson", "csv": "text/csv", "bundle": "application/fhir+json"}
@@ -92,8 +93,7 @@ def _rows(engine: Engine, flt: Filter, upto: int) -> Iterator[tuple[int, str, st
         stmt = stmt.where(c.recorded < flt.end)
     for kind, ref in (("patient", flt.patient), ("agent", flt.client)):
         if ref:
-            linked = select(AuditLink.event_id).where(AuditLink.kind == kind, AuditLink.ref == ref)
-            stmt = stmt.where(e.event_id.in_(linked))
+            stmt = stmt.where(linked(kind, [ref]))
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(stmt)
         yield from result  # type: ignore[misc]

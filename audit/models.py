@@ -38,12 +38,13 @@ class AuditRow(Base):
         Index("ix_audit_event_id", "event_id"),
         Index("ix_audit_event_recorded", "recorded"),
         Index("ix_audit_event_txid", "txid", "pos"),
+        Index("ix_audit_event_client", "client_id", "recorded"),
     )
 
 
 class AuditLink(Base):
-    """What an event names, for search: ``patient`` (Patient/id), ``entity`` (Type/id), ``agent`` (client
-    id, fhirUser)."""
+    """What an event names, for search: ``patient`` (Patient/id), ``entity`` (Type/id of anything else),
+    ``agent`` (a user's fhirUser, an operator); the client is the event's own ``client_id``."""
 
     __tablename__ = "audit_link"
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)

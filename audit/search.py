@@ -81,10 +81,7 @@ def parse(args: list[tuple[str, str]], base: str, default_count: int, max_count:
         elif name == "_id":
             q.conditions.append(AuditRow.event_id.in_(values))
         elif name in LINKED:
-            kind = LINKED[name]
-            refs = [_ref(kind, v, base) for v in values]
-            linked = select(AuditLink.event_id).where(AuditLink.kind == kind, AuditLink.ref.in_(refs))
-            q.conditions.append(AuditRow.event_id.in_(linked))
+            q.conditions.append(linked(LINKED[name], [_ref(LINKED[name], v, base) for v in values]))
         else:
             column = getattr(AuditRow, COLUMNS[name])
             q.conditions.append(or_(*(column == _code(v) for v in values)))
@@ -99,6 +96,17 @@ def parse(args: list[tuple[str, str]], base: str, default_count: int, max_count:
             raise BadRequest("_cursor is not a paging cursor issued by this server", expression="_cursor")
         q.before = int(cursor)
     return q
+
+
+def linked(kind: str, refs: list[str]) -> ColumnElement[bool]:
+    """Events naming any of ``refs``: a Patient entity is kept as a patient link, a client as the event's
+    ``client_id`` column (see ``Event.links``)."""
+    kinds = ["entity", "patient"] if kind == "entity" else [kind]
+    rows = select(AuditLink.event_id).where(AuditLink.kind.in_(kinds), AuditLink.ref.in_(refs))
+    condition = AuditRow.event_id.in_(rows)
+    if kind == "agent":
+        condition = or_(AuditRow.client_id.in_(refs), condition)
+    return condition
 
 
 def statement(q: AuditQuery) -> Select[Any]:

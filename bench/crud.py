@@ -497,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     servers: list[Server] = []
+    from audit.signing import generate_key_file as generate_audit_key
     from crypto.kms import generate_key_file
 
     with (
@@ -515,10 +516,13 @@ def main(argv: list[str] | None = None) -> int:
             key_file = work / "signing.jwk"
             keyring = work / "keyring.json"  # protected elements sealed, as in production
             generate_key_file(keyring)
+            audit_key = work / "audit-signing.jwk"  # every read and write audited, as in production
+            generate_audit_key(audit_key)
             app_env = {
                 **app_env,
                 "FHIR_AUTH_SIGNING_KEY_FILE": str(key_file),
                 "FHIR_CRYPTO_KEY_FILE": str(keyring),
+                "FHIR_AUDIT_SIGNING_KEY_FILE": str(audit_key),
                 "FHIR_PUBLIC_URL": f"http://127.0.0.1:{app_port}",
             }
             token = token_minter(key_file, f"http://127.0.0.1:{app_port}")

@@ -95,6 +95,7 @@ else:
     from search import (
         Latency,
         _conninfo,
+        ensure_audit_key,
         load_directory,
         load_patients,
         plan_phases,
@@ -955,6 +956,7 @@ def main(argv: list[str] | None = None) -> int:
     rep: SearchReport | None = None
     with tempfile.TemporaryDirectory(prefix="fhir-bench-crypto-") as tmp:
         work = Path(tmp)
+        ensure_audit_key(work)
         if not args.skip_throughput:
             print(
                 f"\n1. create and read throughput, protected vs FHIR_PROTECTION=false "

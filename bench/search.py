@@ -715,11 +715,22 @@ def index_row_count(res_type: str, body: dict[str, Any]) -> int:
     return sum(len(rows) for rows in index_rows(res_type, "x", body).values())
 
 
+def ensure_audit_key(work: Path) -> None:
+    """The run's audit signing key (servers refuse to start without one), in the environment."""
+    if not os.environ.get("FHIR_AUDIT_SIGNING_KEY_FILE"):
+        from audit.signing import generate_key_file as generate_audit_key
+
+        path = work / "audit-signing.jwk"
+        generate_audit_key(path)
+        os.environ["FHIR_AUDIT_SIGNING_KEY_FILE"] = str(path)
+
+
 def server_env(db_url: str, **extra: str) -> dict[str, str]:
-    """The environment of a server: no FHIR_* of the caller's, but the run's encryption keyring."""
+    """The environment of a server: no FHIR_* of the caller's, but the run's encryption keyring and audit
+    signing key."""
     env = {k: val for k, val in os.environ.items() if not k.startswith("FHIR_")}
-    keyring = os.environ.get("FHIR_CRYPTO_KEY_FILE")
-    keys = {"FHIR_CRYPTO_KEY_FILE": keyring} if keyring else {}
+    names = ("FHIR_CRYPTO_KEY_FILE", "FHIR_AUDIT_SIGNING_KEY_FILE")
+    keys = {name: os.environ[name] for name in names if os.environ.get(name)}
     return {**env, "FHIR_DATABASE_URL": db_url, **keys, **extra}
 
 
@@ -971,6 +982,7 @@ def main(argv: list[str] | None = None) -> int:
         keyring = work / "keyring.json"  # protected elements are sealed, as in production
         generate_key_file(keyring)
         os.environ["FHIR_CRYPTO_KEY_FILE"] = str(keyring)  # the loader processes' apps read it too
+        ensure_audit_key(work)
         if not args.skip_search:
             phases = run_search(args, fhir_api_bin, work)
         if not args.skip_indexing:

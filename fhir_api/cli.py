@@ -56,7 +56,8 @@ def _safe_url() -> str:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=None, type=int, help="Default: 2 x CPUs + 1.")
-def serve(host: str, port: int, workers: int | None) -> None:
+@click.option("--threads", default=None, type=int, help="Per worker (default: FHIR_THREADS or 4; 1 = sync).")
+def serve(host: str, port: int, workers: int | None, threads: int | None) -> None:
     """Serve the API under gunicorn."""
     from fhir_api.auth.keys import AuthConfigurationError, signing_key
     from fhir_api.serving import GunicornApp, default_workers, gunicorn_options
@@ -78,7 +79,7 @@ def serve(host: str, port: int, workers: int | None) -> None:
     except AuditKeyError as exc:
         raise click.ClickException(str(exc)) from None
 
-    GunicornApp(gunicorn_options(f"{host}:{port}", workers or default_workers())).run()
+    GunicornApp(gunicorn_options(f"{host}:{port}", workers or default_workers(), threads=threads)).run()
 
 
 def _local_base() -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -12,11 +13,22 @@ def default_workers() -> int:
     return multiprocessing.cpu_count() * 2 + 1
 
 
-def gunicorn_options(bind: str, workers: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def default_threads() -> int:
+    """Threads per worker (``FHIR_THREADS``): with more than one, gthread workers. Several requests in
+    flight per process keep the CPUs busy while others wait on the database's commit flush (every read
+    commits its audit row), and long downloads (audit exports) are not killed by the worker timeout."""
+    return int(os.environ.get("FHIR_THREADS", "4"))
+
+
+def gunicorn_options(
+    bind: str, workers: int, overrides: dict[str, Any] | None = None, threads: int | None = None
+) -> dict[str, Any]:
+    threads = default_threads() if threads is None else threads
     return {
         "bind": bind,
         "workers": workers,
-        "worker_class": "sync",
+        "worker_class": "gthread" if threads > 1 else "sync",
+        "threads": max(threads, 1),
         "graceful_timeout": 30,  # finish in-flight requests (and their audit rows) on SIGTERM
         "timeout": 60,
         "keepalive": 5,

@@ -54,6 +54,7 @@ def upgrade() -> None:
     op.create_index("ix_audit_event_id", "audit_event", ["event_id"])
     op.create_index("ix_audit_event_recorded", "audit_event", ["recorded"])
     op.create_index("ix_audit_event_txid", "audit_event", ["txid", "pos"])
+    op.create_index("ix_audit_event_client", "audit_event", ["client_id", "recorded"])
     op.create_table(
         "audit_link",
         sa.Column("event_id", sa.String(64), primary_key=True),
