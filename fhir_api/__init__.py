@@ -36,6 +36,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from fhir_api.auth import guard, keys, revocation
     from fhir_api.auth import models as _auth_models  # noqa: F401 (tables for metadata and tests)
     from fhir_api.auth import server as auth_server
+    from resources.bulk import views as bulk_views
     from resources.protection import service as protection
     from resources.protection.models import IndexKey as _IndexKey  # noqa: F401 (its table)
     from resources.views import FhirIdConverter, ResourceTypeConverter
@@ -61,6 +62,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(fhir_blp)
     api.register_blueprint(health.blp)
     api.register_blueprint(audit_views.blp)
+    api.register_blueprint(bulk_views.blp)
+    bulk_views.init_app(app)
     app.register_blueprint(docs.bp)
     errors.register_error_handlers(app)
     return app

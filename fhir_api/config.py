@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     "CONDITIONAL_DELETE_MULTIPLE": False,  # DELETE Type?criteria may delete several matches
     "CONDITIONAL_DELETE_LIMIT": 100,
     "BUNDLE_MAX_ENTRIES": 10000,  # entries per batch or transaction (more: 413)
+    # Bulk $export: where files go (default ./var/exports), how often each process looks for jobs
+    "EXPORT_DIR": None,
+    "EXPORT_POLL_INTERVAL": 1.0,
     # Authorization (SMART). The signing key has no default: `make demo` creates one under var/keys/.
     "AUTH_SIGNING_KEY_FILE": None,
     "AUTH_TOKEN_LIFETIME": 300,  # seconds, at most 300

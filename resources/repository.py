@@ -239,6 +239,47 @@ class ResourceRepository:
             stmt = stmt.with_for_update(of=Resource)
         return [_stored_row(row) for row in self.session.execute(stmt)]
 
+    def types_present(self) -> list[str]:
+        """Resource types with at least one current resource, in name order."""
+        stmt = (
+            select(Resource.res_type)
+            .where(Resource.deleted.is_(False))
+            .distinct()
+            .order_by(Resource.res_type)
+        )
+        return list(self.session.execute(stmt).scalars())
+
+    def sealed_lines(self, res_type: str, ids: list[str]) -> list[bytes]:
+        """Export lines for the current versions of ``ids``, bodies exactly as stored (protected elements
+        still sealed): ``{"t","i","v","k","b"}``, the body last so a reader can cut it out unparsed."""
+        if not ids:
+            return []
+        stmt = (
+            select(
+                ResourceVersion.res_id,
+                ResourceVersion.version,
+                ResourceVersion.data_key,
+                ResourceVersion.body,
+            )
+            .join(
+                Resource,
+                and_(
+                    Resource.res_type == ResourceVersion.res_type,
+                    Resource.res_id == ResourceVersion.res_id,
+                    Resource.version == ResourceVersion.version,
+                ),
+            )
+            .where(Resource.res_type == res_type, Resource.res_id.in_(ids), Resource.deleted.is_(False))
+            .order_by(Resource.res_id)
+        )
+        out = []
+        head = jsonio.dumps(res_type)
+        for res_id, version, data_key, body in self.session.execute(stmt):
+            key = jsonio.dumps(data_key) if data_key else "null"
+            line = f'{{"t":{head},"i":{jsonio.dumps(res_id)},"v":{version},"k":{key},"b":{body}}}\n'
+            out.append(line.encode())
+        return out
+
     def referenced_from_compartment(
         self,
         pid: str,
