@@ -195,6 +195,21 @@ def _covers(
     return registered.res_type in ("*", res_type)
 
 
+def _candidate_types(
+    scope: ResourceScope, ceiling: RoleCeiling, registered: list[ResourceScope]
+) -> tuple[str, ...]:
+    """The types a requested scope can be granted for: a wildcard request against a client registered for
+    named types gets those types (system/*.rs for a client registered with system/Patient.rs is
+    system/Patient.rs), not nothing."""
+    types = ceiling.expand(scope.res_type)
+    if scope.res_type != "*" or ceiling.types is not None:
+        return types
+    same = [r for r in registered if r.context == scope.context]
+    if any(r.res_type == "*" for r in same):
+        return types
+    return tuple(dict.fromkeys(r.res_type for r in same))
+
+
 def grant(requested: str, registered: str, role: str) -> str:
     """The granted scope string: requested ∩ registered ∩ the role's ceiling (see below), space-separated,
     deterministic order (order of `requested`), no duplicates."""
@@ -221,7 +236,7 @@ def grant(requested: str, registered: str, role: str) -> str:
             continue
         if scope.context not in ceiling.contexts:
             continue
-        for res_type in ceiling.expand(scope.res_type):
+        for res_type in _candidate_types(scope, ceiling, registered_scopes):
             allowed: set[str] = set()
             for reg in registered_scopes:
                 if _covers(reg, scope, res_type, scope.query):

@@ -330,6 +330,19 @@ CLINICIAN_OTHER = (
         ("system/Patient.rs system/*.rs", "system/*.rs", "insurer", INSURER_ALL),
         ("openid system/*.s", "openid system/*.s", "insurer", INSURER_ALL.replace(".rs", ".s")),
         ("patient/*.rs", "patient/*.rs", "insurer", ""),
+        # a wildcard request against a client registered for named types gets those types
+        (
+            "system/*.rs",
+            "system/Patient.rs system/Observation.cruds",
+            "clinical-system",
+            "system/Patient.rs system/Observation.rs",
+        ),
+        (
+            "system/*.cud",
+            "system/Patient.rs system/Observation.cu",
+            "clinical-system",
+            "system/Observation.cu",
+        ),
         # auditor: AuditEvent only.
         ("system/*.rs", "system/*.*", "auditor", "system/AuditEvent.rs"),
         ("system/AuditEvent.read", "system/*.*", "auditor", "system/AuditEvent.read"),
@@ -351,9 +364,10 @@ def test_grant_by_role(requested: str, registered: str, role: str, expected: str
         ("user/Observation.write", "user/Observation.cu", "user/Observation.cu"),
         ("user/*.*", "user/*.rs", "user/*.rs"),
         ("user/Observation.cruds", "user/*.r user/Observation.s", "user/Observation.rs"),
-        # Registered type '*' covers any type; a specific type covers only itself.
+        # Registered type '*' covers any type; a specific type covers only itself, and a wildcard request
+        # is narrowed to the registered types.
         ("user/Observation.rs", "user/*.rs", "user/Observation.rs"),
-        ("user/*.rs", "user/Observation.rs", ""),
+        ("user/*.rs", "user/Observation.rs", "user/Observation.rs"),
         ("user/Patient.rs", "user/Observation.rs", ""),
         # Contexts must match exactly.
         ("user/Observation.rs", "patient/*.*", ""),
@@ -393,7 +407,7 @@ OBS_LAB_GRANTED = f"patient/Observation.rs?category={LAB_ENCODED}"
         (f"patient/Observation.cruds?category={LAB}", OBS_LAB, OBS_LAB_GRANTED),
         ("patient/Observation.rs", OBS_LAB, ""),
         ("patient/Observation.rs?category=vital-signs", OBS_LAB, ""),
-        (f"patient/*.rs?category={LAB}", OBS_LAB, ""),
+        (f"patient/*.rs?category={LAB}", OBS_LAB, OBS_LAB_GRANTED),  # the wildcard narrowed to the type
         (f"patient/Condition.rs?category={LAB}", OBS_LAB, ""),
         (OBS_LAB, f"patient/*.rs?category={LAB}", ""),
         ("patient/Observation.rs?a=1&b=2", "patient/Observation.rs?b=2&a=1", ""),
