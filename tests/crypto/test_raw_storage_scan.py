@@ -273,6 +273,7 @@ def opaque_text(engine) -> bytes:
         # the audit log's random ids, MACs, chain hashes, token ids and blinded query values
         for body, event_id, mac in conn.execute(text("SELECT body, event_id, mac FROM audit_event")):
             pieces += [event_id, mac or "", *re.findall(r"[0-9a-f-]{16,}", body)]
+            pieces += re.findall(r'"query":"([A-Za-z0-9+/=]+)"', body)  # the recorded (blinded) query, base64
         pieces += [h for row in conn.execute(text("SELECT hash, prev_hash FROM audit_chain")) for h in row]
     return "\n".join(pieces).encode()
 
