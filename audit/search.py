@@ -110,16 +110,16 @@ def linked(kind: str, refs: list[str]) -> ColumnElement[bool]:
 
 
 def statement(q: AuditQuery) -> Select[Any]:
-    stmt = select(AuditRow.pos, AuditRow.body).where(*q.conditions)
+    stmt = select(AuditRow.pos, AuditRow.event_id, AuditRow.body).where(*q.conditions)
     if q.before is not None:
         stmt = stmt.where(AuditRow.pos < q.before)
     return stmt.order_by(AuditRow.pos.desc())
 
 
-def run(session: Session, q: AuditQuery) -> tuple[list[tuple[int, str]], bool]:
-    """One page of (pos, canonical JSON), and whether more follow."""
+def run(session: Session, q: AuditQuery) -> tuple[list[tuple[int, str, str]], bool]:
+    """One page of (pos, event id, canonical JSON), and whether more follow."""
     rows = session.execute(statement(q).limit(q.limit + 1)).all()
-    return [(r[0], r[1]) for r in rows[: q.limit]], len(rows) > q.limit
+    return [(r[0], r[1], r[2]) for r in rows[: q.limit]], len(rows) > q.limit
 
 
 def read(session: Session, event_id: str) -> str | None:

@@ -68,11 +68,10 @@ def _search_response(args: list[tuple[str, str]]) -> Response:
     if more and rows:
         links.append({"relation": "next", "url": page_url(str(rows[-1][0]))})
     entries = []
-    for _, body in rows:
-        event_id = body.split('"id":"', 1)[1].split('"', 1)[0] if '"id":"' in body else ""
+    for _, event_id, body in rows:
         entries.append(
             '{"fullUrl":'
-            + _quote(f"{base}/AuditEvent/{event_id}")
+            + json.dumps(f"{base}/AuditEvent/{event_id}")
             + ',"resource":'
             + body
             + ',"search":{"mode":"match"}}'
@@ -85,10 +84,6 @@ def _search_response(args: list[tuple[str, str]]) -> Response:
         + "]}"
     )
     return fhir_response(text)
-
-
-def _quote(value: str) -> str:
-    return json.dumps(value)
 
 
 @blp.route("/fhir/R4/AuditEvent/<fid:event_id>", methods=["GET"])

@@ -97,6 +97,17 @@ def test_paging_walks_every_event_once(log):
     assert len(seen) == len(set(seen)) >= 6
 
 
+def test_full_urls_name_each_event(log):
+    """Failure events contain an OperationOutcome with an id of its own: the fullUrl must still be the
+    event's."""
+    _, auditor, _, _ = log
+    bundle = auditor.get("/fhir/R4/AuditEvent?outcome=4").get_json()
+    assert bundle["entry"]
+    for e in bundle["entry"]:
+        assert e["resource"]["contained"]
+        assert e["fullUrl"] == f"http://localhost/fhir/R4/AuditEvent/{e['resource']['id']}"
+
+
 def test_unknown_search_parameter_is_refused(log):
     _, auditor, _, _ = log
     resp = auditor.get("/fhir/R4/AuditEvent?name=x")
