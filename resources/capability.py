@@ -20,6 +20,7 @@ TYPE_ORDER = ["create", "search-type", "history-type"]
 SYSTEM_ORDER = ["transaction", "batch", "search-system", "history-system"]
 VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
 EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
 
 
 TYPE_OVERRIDES: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -96,6 +97,9 @@ def capability_statement() -> dict[str, Any]:
         }
         for res_type in supported_types()
     ]
+    operations = [{"name": "validate", "definition": VALIDATE}] if "validate" in found["type"] else []
+    if "bulk.export_system" in current_app.view_functions:
+        operations.append({"name": "export", "definition": EXPORT})
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -113,11 +117,7 @@ def capability_statement() -> dict[str, Any]:
                 "security": capability_security(),
                 "resource": resources,
                 "interaction": [{"code": c} for c in SYSTEM_ORDER if c in found["system"]],
-                **(
-                    {"operation": [{"name": "validate", "definition": VALIDATE}]}
-                    if "validate" in found["type"]
-                    else {}
-                ),
+                **({"operation": operations} if operations else {}),
             }
         ],
     }

@@ -327,4 +327,8 @@ def test_validate_operation(client):
         "name": "validate",
         "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
     } in meta["operation"]
+    assert {
+        "name": "export",
+        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+    } in meta["operation"]
     assert {"code": "transaction"} in meta["interaction"] and {"code": "batch"} in meta["interaction"]
