@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -165,8 +166,6 @@ def start_chainer(app: Flask) -> Chainer | None:
     if app.testing or float(app.config.get("AUDIT_CHAIN_INTERVAL", 1.0)) <= 0:
         return None
     state = app.extensions.setdefault("fhir_audit", {})
-    import os
-
     chainer = state.get("chainer")
     if chainer is not None and state.get("chainer_pid") == os.getpid():
         return chainer

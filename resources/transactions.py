@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
@@ -63,22 +64,13 @@ class Outcome:
 class Hooks:
     """What the caller (the view) does around entries: the audit log's per-entry context and records."""
 
-    entry: Callable[[Entry], Any] = lambda _e: _nothing()
+    entry: Callable[[Entry], Any] = lambda _e: nullcontext()
     read: Callable[[Entry, list[tuple[str, str]], Stored | None], None] = lambda *_a: None
     failed: Callable[[Entry, FhirError], None] = lambda *_a: None
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_exc: object) -> None:
-        return None
-
-
 @dataclass
 class Settings:
-    max_entries: int
     update_create: bool
     local_base: str
     search: Callable[[Entry], str] = field(default=lambda _e: "")
@@ -342,7 +334,7 @@ def transaction(
         resolve = _conditional_resolver(repo, access)
         for e in ordered:
             if e.method in ("POST", "PUT") and e.index not in results:
-                e.resource = _in_entry(e, lambda e=e: _rewrite_outcome(e, ids, resolve))
+                e.resource = _in_entry(e, lambda e=e: _rewrite(e.resource, ids, resolve))
         for e in ordered:
             if e.method in ("POST", "PUT", "PATCH") and e.index not in results:
                 with hooks.entry(e):
@@ -351,10 +343,6 @@ def transaction(
             with hooks.entry(e):
                 results[e.index] = _in_entry(e, lambda e=e: _read(repo, e, access, settings, hooks))
     return results
-
-
-def _rewrite_outcome(e: Entry, ids: dict[str, str], resolve: Callable[[str], str | None]) -> Any:
-    return _rewrite(e.resource, ids, resolve)
 
 
 def _assign_ids(

@@ -603,7 +603,6 @@ def bundle():
 
     hooks = transactions.Hooks(entry=lambda e: audit.entry(*_entry_subtype(e)), read=read, failed=failed)
     settings = transactions.Settings(
-        max_entries=int(cfg["BUNDLE_MAX_ENTRIES"]),
         update_create=bool(cfg.get("UPDATE_CREATE", True)),
         local_base=base_url(),
         search=search,
