@@ -48,8 +48,10 @@ def record_operation(
     entities: Iterable[tuple[str, str | None]] = (),
     outcome: str = "0",
     event_type: dict[str, str] | None = None,
+    in_transaction: bool = False,
 ) -> None:
-    """A security-relevant operation from the command line (key rotation, client registration)."""
+    """A security-relevant operation from the command line (key rotation, client registration);
+    ``in_transaction``: within the caller's open write transaction, committed with its change."""
     from audit import events as ev
     from fhir_api import db
 
@@ -65,7 +67,12 @@ def record_operation(
         entities=list(entities),
         detail=detail,
     )
-    record(session, event)
+    if in_transaction:
+        batch: list = []
+        record(session, event, batch=batch)
+        db.execute_batch(session, batch)
+    else:
+        record(session, event)
 
 
 def init_app(app: Flask) -> None:

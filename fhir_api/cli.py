@@ -111,7 +111,8 @@ _ROLES = ("110136", "Security Roles Changed")
 
 
 def _audit_operation(subtype: tuple[str, str], detail: dict[str, str], entities: Any = ()) -> None:
-    """Record a key or client operation in the audit log (who ran it, from where, what it changed)."""
+    """Record a key operation in the audit log (who ran it, from where, what it changed). Keys live in a
+    key file or a KMS, outside the database, so their record follows the change it reports."""
     import audit
     from fhir_api import db as database
 
@@ -395,6 +396,7 @@ def clients_add(
     import json
     from pathlib import Path
 
+    import audit
     from fhir_api import db as database
     from fhir_api.auth.clients import ClientError, Registration, add_client
 
@@ -414,15 +416,21 @@ def clients_add(
         redirect_uris=redirect_uris,
         public=public,
     )
+
+    def recorded(session: Any, client: Any) -> None:
+        detail = {
+            "operation": "clients add",
+            "client": client.client_id,
+            "role": role,
+            "scope": " ".join(scopes),
+        }
+        audit.record_operation(session, _ROLES, detail=detail, in_transaction=True)
+
     with database.new_session() as s:
         try:
-            client = add_client(s, reg)
+            client = add_client(s, reg, audit=recorded)
         except ClientError as exc:
             raise click.UsageError(str(exc)) from None
-    _audit_operation(
-        _ROLES,
-        {"operation": "clients add", "client": client.client_id, "role": role, "scope": " ".join(scopes)},
-    )
     click.echo(client.client_id)
 
 
@@ -444,15 +452,19 @@ def clients_list() -> None:
 @with_appcontext
 def clients_disable(client_id: str) -> None:
     """Refuse new tokens to a client (its tokens already issued expire within 5 minutes)."""
+    import audit
     from fhir_api import db as database
     from fhir_api.auth.clients import ClientError, set_disabled
 
+    def recorded(session: Any, _client: Any) -> None:
+        detail = {"operation": "clients disable", "client": client_id}
+        audit.record_operation(session, _ROLES, detail=detail, in_transaction=True)
+
     with database.new_session() as s:
         try:
-            set_disabled(s, client_id)
+            set_disabled(s, client_id, audit=recorded)
         except ClientError as exc:
             raise click.UsageError(str(exc)) from None
-    _audit_operation(_ROLES, {"operation": "clients disable", "client": client_id})
     click.echo(f"disabled {client_id}")
 
 

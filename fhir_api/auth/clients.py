@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,11 @@ def _check(reg: Registration) -> None:
         raise ClientError("--jwks-url must be an http(s) URL")
 
 
-def add_client(session: Session, reg: Registration) -> AuthClient:
+AuditHook = Callable[[Session, "AuthClient"], None]
+
+
+def add_client(session: Session, reg: Registration, audit: AuditHook | None = None) -> AuthClient:
+    """Register a client; ``audit`` records it in the same transaction (both commit or neither)."""
     _check(reg)
     client = AuthClient(
         client_id=secrets.token_urlsafe(18),
@@ -80,6 +85,9 @@ def add_client(session: Session, reg: Registration) -> AuthClient:
     )
     with write_transaction(session):
         session.add(client)
+        session.flush()
+        if audit is not None:
+            audit(session, client)
     return client
 
 
@@ -93,10 +101,15 @@ def list_clients(session: Session) -> list[AuthClient]:
     )
 
 
-def set_disabled(session: Session, client_id: str, disabled: bool = True) -> AuthClient:
+def set_disabled(
+    session: Session, client_id: str, disabled: bool = True, audit: AuditHook | None = None
+) -> AuthClient:
     with write_transaction(session):
         client = session.get(AuthClient, client_id, with_for_update=True)
         if client is None:
             raise ClientError(f"no client {client_id!r}")
         client.disabled = disabled
+        session.flush()
+        if audit is not None:
+            audit(session, client)
     return client

@@ -90,3 +90,23 @@ def test_refusals_fail_closed_too(broken_audit):
     """A refusal that cannot be recorded is still not answered with anything but 503."""
     app, _, pid = broken_audit
     _assert_audit_unavailable(app.test_client().get(f"/fhir/R4/Patient/{pid}"))
+
+
+def test_a_client_registration_without_its_record_does_not_happen(broken_audit, tmp_path, monkeypatch):
+    """The registry change and its audit row commit together: a refused record leaves no client."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fhir_api.cli import main as cli
+    from tests.helpers import new_client_key
+
+    app, _, _ = broken_audit
+    monkeypatch.setenv("FHIR_DATABASE_URL", app.config["DATABASE_URL"])
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(new_client_key()[1]))
+    add = ["clients", "add", "lab", "--role", "clinical-system", "--scope", "system/Observation.rs"]
+    result = CliRunner().invoke(cli, [*add, "--jwks-file", str(jwks)])
+    assert result.exit_code != 0
+    with app.extensions["fhir_db"]["engine"].connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM auth_client")).scalar() == 0
