@@ -214,14 +214,20 @@ def test_kick_off_needs_respond_async_and_a_token(server, data):
 
 
 def test_exports_are_audited(server, data):
-    _, tokens, _, app = server
+    """Kick-off, each status poll and each download leave an event naming the export."""
+    base, tokens, _, app = server
     from sqlalchemy import text
 
     t = tokens["system"]
-    _wait(_kick_off(data, t, "$export?_type=Patient"), t)
+    status = _kick_off(data, t, "$export?_type=Patient")
+    job_id = status.rsplit("/", 1)[1]
+    manifest = _wait(status, t)
+    _download(base, t, manifest)
     with app.extensions["fhir_db"]["engine"].connect() as conn:
-        subtypes = [
-            json.loads(b)["entity"]
-            for (b,) in conn.execute(text("SELECT body FROM audit_event WHERE body LIKE '%$export%'"))
-        ]
-    assert subtypes  # the kick-off, with the export's id among its details
+        bodies = conn.execute(text("SELECT body FROM audit_event WHERE body LIKE :j"), {"j": f"%{job_id}%"})
+        events = [json.loads(b) for (b,) in bodies]
+    kinds = {(e["subtype"][0]["code"], e["action"]) for e in events}
+    assert ("operation", "E") in kinds  # the kick-off
+    assert ("operation", "R") in kinds  # status polls
+    assert ("export", "R") in kinds  # the download
+    assert all(e["outcome"] == "0" for e in events)
