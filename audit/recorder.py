@@ -267,6 +267,10 @@ def finish(resp: Response) -> Response:
         return resp
     if p.written and resp.status_code < 400 and not p.always:
         return resp
+    if resp.status_code == 429:
+        # Throttled before anything was read or changed; a row per refused request would let a flood
+        # write to the database at the flood's rate. The log line and fhir_rate_limited_total count them.
+        return resp
     try:
         session = db.session()
         failure = _failure_body(resp)
@@ -285,6 +289,9 @@ def finish(resp: Response) -> Response:
         store.commit_events(session, [event], signing.mac_key())
     except Exception as exc:
         log.error("audit record failed (%s) for %s %s", type(exc).__name__, request.method, request.path)
+        from fhir_api import metrics
+
+        metrics.audit_failed()
         with_session_rolled_back()
         return render(AuditUnavailable("The audit record could not be written, so nothing is returned"))
     return resp
@@ -326,7 +333,7 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _begin() -> None:
         spec = ENDPOINTS.get(request.endpoint or "")
-        if spec is not None:
+        if spec is not None and request.method != "OPTIONS":  # a preflight reads and changes nothing
             g.audit = Pending(*spec)
 
     @app.after_request

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask
@@ -23,16 +22,13 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         app.config.get("DATABASE_URL") or config_module.default_database_url()
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    logger = logging.getLogger("fhir_api")
-    logger.setLevel(app.config.get("LOG_LEVEL", "INFO"))
-    if not logger.handlers:  # one line per request and warning on stderr, whoever serves the app
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        logger.addHandler(handler)
+    from fhir_api import logs
+
+    logs.configure(app.config.get("LOG_LEVEL", "INFO"), str(app.config.get("LOG_FORMAT", "json")))
 
     import audit
     from audit import views as audit_views
-    from fhir_api import db, docs, errors, health, http
+    from fhir_api import db, docs, errors, health, http, metrics, ratelimit, security
     from fhir_api.auth import guard, keys, revocation
     from fhir_api.auth import models as _auth_models  # noqa: F401 (tables for metadata and tests)
     from fhir_api.auth import server as auth_server
@@ -47,9 +43,12 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.url_map.strict_slashes = False
 
     db.init_app(app)
+    metrics.init_app(app)  # first registered, so its after_request sees the final response
     protection.init_app(app)
     http.init_app(app)
+    security.init_app(app)
     audit.init_app(app)  # before the guard: refused requests are recorded too
+    ratelimit.init_app(app)  # before the guard too: requests it refuses are counted by address
     keys.init_app(app)
     revocation.init_app(app)
     guard.init_app(app)
@@ -63,6 +62,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(health.blp)
     api.register_blueprint(audit_views.blp)
     api.register_blueprint(bulk_views.blp)
+    api.register_blueprint(metrics.blp)
     bulk_views.init_app(app)
     app.register_blueprint(docs.bp)
     errors.register_error_handlers(app)

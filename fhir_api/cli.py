@@ -52,7 +52,7 @@ def _safe_url() -> str:
     return make_url(current_app.config["DATABASE_URL"]).render_as_string(hide_password=True)
 
 
-@main.command("serve")
+@main.command("serve", with_appcontext=False)  # builds its app after preparing the metrics dir
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=None, type=int, help="Default: 2 x CPUs + 1.")
@@ -60,9 +60,15 @@ def _safe_url() -> str:
 def serve(host: str, port: int, workers: int | None, threads: int | None) -> None:
     """Serve the API under gunicorn."""
     from fhir_api.auth.keys import AuthConfigurationError, signing_key
-    from fhir_api.serving import GunicornApp, default_workers, gunicorn_options
+    from fhir_api.ratelimit import serving_problem
+    from fhir_api.serving import GunicornApp, default_workers, gunicorn_options, prepare_metrics_dir
 
+    prepare_metrics_dir()  # before create_app imports prometheus_client
     app = create_app()
+    workers = workers or default_workers()
+    problem = serving_problem(app.config, workers)
+    if problem:
+        raise click.ClickException(problem)
     try:
         signing_key(app)  # refuse to start rather than fail every token request later
     except AuthConfigurationError as exc:
@@ -79,7 +85,7 @@ def serve(host: str, port: int, workers: int | None, threads: int | None) -> Non
     except AuditKeyError as exc:
         raise click.ClickException(str(exc)) from None
 
-    GunicornApp(gunicorn_options(f"{host}:{port}", workers or default_workers(), threads=threads)).run()
+    GunicornApp(gunicorn_options(f"{host}:{port}", workers, threads=threads)).run()
 
 
 def _local_base() -> str | None:
@@ -381,6 +387,12 @@ def clients_group() -> None:
 @click.option("--organization", default=None, help="Organization/<id>: the payor identity of an insurer.")
 @click.option("--redirect-uri", "redirect_uris", multiple=True, help="App launch redirect URI(s).")
 @click.option("--public", is_flag=True, help="A public app (PKCE, no client authentication).")
+@click.option(
+    "--allow-ip",
+    "allowed_networks",
+    multiple=True,
+    help="Serve this client only from this address or CIDR block (repeat for several; default: anywhere).",
+)
 @with_appcontext
 def clients_add(
     name: str,
@@ -391,6 +403,7 @@ def clients_add(
     organization: str | None,
     redirect_uris: tuple[str, ...],
     public: bool,
+    allowed_networks: tuple[str, ...],
 ) -> None:
     """Register a client and print its client_id."""
     import json
@@ -415,6 +428,7 @@ def clients_add(
         organization=organization,
         redirect_uris=redirect_uris,
         public=public,
+        allowed_networks=allowed_networks,
     )
 
     def recorded(session: Any, client: Any) -> None:
@@ -424,6 +438,8 @@ def clients_add(
             "role": role,
             "scope": " ".join(scopes),
         }
+        if client.allowed_networks:
+            detail["networks"] = client.allowed_networks
         audit.record_operation(session, _ROLES, detail=detail, in_transaction=True)
 
     with database.new_session() as s:
@@ -444,7 +460,7 @@ def clients_list() -> None:
     with database.new_session() as s:
         for c in list_clients(s):
             state = "disabled" if c.disabled else "enabled"
-            click.echo("\t".join([c.client_id, c.name, c.role, state, c.scope]))
+            click.echo("\t".join([c.client_id, c.name, c.role, state, c.scope, c.allowed_networks or ""]))
 
 
 @clients_group.command("disable")
@@ -532,3 +548,32 @@ def token_cmd(name: str, scope: str | None, server: str | None, key_dir: str) ->
     if resp.status_code != 200:
         raise click.ClickException(f"token endpoint answered {resp.status_code}: {resp.text}")
     click.echo(resp.json()["access_token"])
+
+
+@main.command("openapi")
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    show_default=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Where to write the document (- for standard output).",
+)
+@click.option("--check", is_flag=True, help="Write nothing; fail when OUTPUT differs from the code.")
+def openapi_cmd(output: str, check: bool) -> None:
+    """Write the OpenAPI 3.1 document generated from the code (no database or keys needed)."""
+    from pathlib import Path
+
+    from fhir_api import openapi
+
+    text = openapi.render(openapi.build())
+    if check:
+        current = Path(output).read_text(encoding="utf-8") if Path(output).is_file() else ""
+        if current != text:
+            raise click.ClickException(f"{output} differs from the code: run `{openapi.REGENERATE}`")
+        click.echo(f"{output} is up to date")
+    elif output == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)

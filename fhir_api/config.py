@@ -26,6 +26,33 @@ DEFAULTS: dict[str, Any] = {
     "CONDITIONAL_DELETE_MULTIPLE": False,  # DELETE Type?criteria may delete several matches
     "CONDITIONAL_DELETE_LIMIT": 100,
     "BUNDLE_MAX_ENTRIES": 10000,  # entries per batch or transaction (more: 413)
+    "MAX_URL_BYTES": 8000,  # longer URLs get 414 (long searches belong in POST _search)
+    "MAX_HEADER_BYTES": 16384,  # all header fields together; more gets 431
+    "TRUSTED_PROXIES": 0,  # proxies in front whose X-Forwarded-For/-Proto/-Host are believed
+    "HSTS_MAX_AGE": 63072000,  # Strict-Transport-Security on requests that came over TLS (0: none)
+    "CORS_ORIGINS": "",  # browser origins allowed to call the API, space- or comma-separated; none: off
+    # Rate limits (429 with Retry-After). Per client by its role; per address without a valid token; the
+    # token endpoint per client and address. Counters live in Redis when REDIS_URL is set (required for more
+    # than one worker), else in the process. Values: "N/second", "N/minute", several joined by ";".
+    "REDIS_URL": None,
+    "RATE_LIMIT_ENABLED": True,
+    "RATE_LIMIT_STORAGE": None,  # a limits storage URI; default: REDIS_URL, else memory://
+    "RATE_LIMIT_STRATEGY": "fixed-window",  # or sliding-window-counter, moving-window
+    "RATE_LIMITS": (
+        "clinical-system=200/second;6000/minute, clinician=50/second;1500/minute, "
+        "insurer=50/second;1500/minute, patient=10/second;300/minute, "
+        "auditor=10/second;300/minute, admin=5/second;120/minute"
+    ),
+    "RATE_LIMIT_ANONYMOUS": "20/second;300/minute",
+    "RATE_LIMIT_TOKEN": "5/second;60/minute",
+    # Logs: one JSON object per line (request id, client, interaction, status, duration; never a query
+    # value or a body) or "text" for a terminal.
+    "LOG_FORMAT": "json",
+    # Prometheus /metrics: for a bearer METRICS_TOKEN (or METRICS_TOKEN_FILE), else only from METRICS_ALLOW.
+    "METRICS": True,
+    "METRICS_TOKEN": None,
+    "METRICS_TOKEN_FILE": None,
+    "METRICS_ALLOW": "127.0.0.0/8, ::1/128",
     # Bulk $export: where files go (default ./var/exports), how often each process looks for jobs
     "EXPORT_DIR": None,
     "EXPORT_POLL_INTERVAL": 1.0,

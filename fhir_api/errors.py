@@ -124,6 +124,16 @@ class PayloadTooLarge(FhirError):
     explanation = "The request body exceeds the configured maximum size."
 
 
+class UriTooLong(FhirError):
+    status, code, slug, title = 414, "too-long", "uri-too-long", "URI too long"
+    explanation = "The URL exceeds the configured maximum length; send long searches as POST [type]/_search."
+
+
+class HeadersTooLarge(FhirError):
+    status, code, slug, title = 431, "too-long", "headers-too-large", "Request headers too large"
+    explanation = "The request's header fields together exceed the configured maximum size."
+
+
 class UnsupportedMediaType(FhirError):
     status, code, slug, title = 415, "not-supported", "unsupported-media-type", "Unsupported media type"
     explanation = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 import uuid
@@ -13,6 +12,7 @@ import simplejson
 from flask import Flask, Response, current_app, g, request
 from werkzeug.http import http_date, parse_date, parse_options_header
 
+from fhir_api import logs
 from fhir_api.errors import NotAcceptable, UnsupportedMediaType
 
 FHIR_JSON = "application/fhir+json"
@@ -180,34 +180,6 @@ def parse_prefer() -> dict[str, str]:
 _PUBLIC_DOCUMENTS = ("/metadata", "/.well-known/smart-configuration", "/auth/jwks")
 
 
-access_log = logging.getLogger("fhir_api.access")
-
-
-def redacted_query() -> str:
-    """The query string with every value replaced: names say what was asked, values could be protected
-    data (a name, a birth date, an MRN), so none reaches a log."""
-    names = [name for name, _ in request.args.items(multi=True)]
-    return ("?" + "&".join(f"{name}=***" for name in names)) if names else ""
-
-
-def _log_request(resp: Response) -> None:
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    started = getattr(g, "started", None)
-    elapsed = f"{(time.perf_counter() - started) * 1000:.1f}ms" if started else "-"
-    principal = getattr(g, "principal", None)
-    access_log.info(
-        "%s %s%s %s %s request=%s client=%s",
-        request.method,
-        request.path,
-        redacted_query(),
-        resp.status_code,
-        elapsed,
-        getattr(g, "request_id", "-"),
-        getattr(principal, "client_id", "-"),
-    )
-
-
 def init_app(app: Flask) -> None:
     """Request id in and out, and no caching of anything that may carry patient data."""
 
@@ -220,8 +192,7 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _headers(resp: Response) -> Response:
         resp.headers["X-Request-Id"] = getattr(g, "request_id", "") or str(uuid.uuid4())
-        _log_request(resp)
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        logs.log_request(resp)
         if request.path.startswith(("/fhir/", "/auth/", "/audit/")) and not request.path.endswith(
             _PUBLIC_DOCUMENTS
         ):

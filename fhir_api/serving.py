@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -36,8 +38,35 @@ def gunicorn_options(
         "max_requests_jitter": 2000,
         "accesslog": None,  # request logging is the app's job (no query strings in clear)
         "errorlog": "-",
+        # Header limits a little above the app's own (FHIR_MAX_HEADER_BYTES), which answers with an
+        # OperationOutcome; gunicorn's plain 400 is the backstop for what the app never sees.
+        "limit_request_line": 8190,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 16384,
+        "child_exit": _child_exit,
         **(overrides or {}),
     }
+
+
+def prepare_metrics_dir(directory: str | None = None) -> str:
+    """Before gunicorn forks (and before anything imports prometheus_client, which reads the variable at
+    import): a directory where every worker writes its metrics, emptied of an earlier run's files."""
+    path = Path(
+        directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="fhir-metrics-")
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return str(path)
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    """A worker ended: its live gauges (database pool) must stop counting in the sum."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
 
 class GunicornApp(BaseApplication):

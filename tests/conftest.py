@@ -60,6 +60,14 @@ def audit_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def rate_limits_off() -> Iterator[None]:
+    """Tests fire requests faster than any client should; tests/fhir_api/test_rate_limits.py turns the
+    limits on for itself."""
+    with environment("FHIR_RATE_LIMIT_ENABLED", "false"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_fhir() -> Path:
     if not SHARED.is_dir():

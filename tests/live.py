@@ -26,13 +26,23 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(database_url: str, workers: int = 2, env: dict[str, str] | None = None) -> Iterator[str]:
+    with live_process(database_url, workers, env) as (base, _proc):
+        yield base
+
+
+@contextmanager
+def live_process(
+    database_url: str, workers: int = 2, env: dict[str, str] | None = None, *extra: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The server's base URL and its gunicorn master process (tests of signals need it)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     script = Path(sys.executable).with_name("fhir-api")
+    argv = [str(script), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra]
     # The server's output goes to a file, never an undrained pipe (a full pipe would block its workers).
     with tempfile.TemporaryFile() as output:
         proc = subprocess.Popen(
-            [str(script), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            argv,
             cwd=ROOT,
             env={**os.environ, "FHIR_DATABASE_URL": database_url, **(env or {})},
             stdout=output,
@@ -52,9 +62,10 @@ def live_server(database_url: str, workers: int = 2, env: dict[str, str] | None 
                 if time.monotonic() > deadline:
                     raise RuntimeError("server did not become ready in 30 s")
                 time.sleep(0.1)
-            yield base
+            yield base, proc
         finally:
-            proc.send_signal(signal.SIGTERM)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

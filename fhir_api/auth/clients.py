@@ -13,6 +13,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from fhir_api.auth import networks
 from fhir_api.auth.models import AuthClient
 from fhir_api.auth.scopes import ROLE_CEILINGS, InvalidScope, parse_scopes
 from fhir_api.db import now, write_transaction
@@ -35,6 +36,7 @@ class Registration:
     organization: str | None = None
     redirect_uris: tuple[str, ...] = ()
     public: bool = False
+    allowed_networks: tuple[str, ...] = ()  # CIDR blocks the client may connect from; empty: anywhere
 
 
 def _check(reg: Registration) -> None:
@@ -62,6 +64,10 @@ def _check(reg: Registration) -> None:
             raise ClientError("the JWKS holds a private key: register only the public keys")
     if reg.jwks_url and not reg.jwks_url.startswith(("https://", "http://")):
         raise ClientError("--jwks-url must be an http(s) URL")
+    try:
+        networks.parse(reg.allowed_networks)
+    except networks.NetworkError as exc:
+        raise ClientError(f"--allow-ip: {exc}") from None
 
 
 AuditHook = Callable[[Session, "AuthClient"], None]
@@ -80,6 +86,7 @@ def add_client(session: Session, reg: Registration, audit: AuditHook | None = No
         organization=reg.organization,
         redirect_uris=json.dumps(list(reg.redirect_uris)) if reg.redirect_uris else None,
         public=reg.public,
+        allowed_networks=" ".join(networks.parse(reg.allowed_networks)) or None,
         disabled=False,
         created_at=now(),
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
+
 from fhir_api.http import base_url
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
@@ -38,7 +40,7 @@ def smart_configuration() -> dict[str, Any]:
 def capability_security() -> dict[str, Any]:
     """``rest.security`` as the SMART spec and the Python fhirclient read it."""
     return {
-        "cors": False,  # no CORS headers are served yet
+        "cors": bool(current_app.config.get("CORS_ORIGINS")),  # CORS headers for the configured origins
         "service": [
             {
                 "coding": [

@@ -13,7 +13,7 @@ from functools import lru_cache
 from flask import Flask, g, request
 
 from fhir_api import db
-from fhir_api.auth import tokens
+from fhir_api.auth import networks, tokens
 from fhir_api.auth.scopes import ROLE_CEILINGS, InvalidScope, parse_scopes
 from fhir_api.errors import Forbidden, Unauthorized
 from resources.access import Access, Rule
@@ -69,7 +69,25 @@ def _challenge(error: str | None = None) -> dict[str, str]:
 
 
 def authenticate() -> Principal:
-    """The bearer token's principal, or 401."""
+    """The bearer token's principal, or 401. Verified once per request (the rate limiter asks first)."""
+    known = g.get("_authenticated")
+    if isinstance(known, Principal):
+        return known
+    if isinstance(known, Unauthorized):
+        raise known
+    try:
+        g._authenticated = _verify_bearer()
+    except Unauthorized as exc:
+        g._authenticated = exc
+        raise
+    return g._authenticated
+
+
+def has_bearer() -> bool:
+    return request.headers.get("Authorization", "")[:7].lower() == "bearer "
+
+
+def _verify_bearer() -> Principal:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -86,6 +104,11 @@ def authenticate() -> Principal:
         ) from None
     if tokens.is_revoked(db.session(), claims.jti):
         raise Unauthorized("The access token was revoked", headers=_challenge("invalid_token"))
+    if claims.networks and not networks.allows(claims.networks, request.remote_addr):
+        raise Unauthorized(
+            "The access token's client may not be served at this network address",
+            headers=_challenge("invalid_token"),
+        )
     return Principal(
         client_id=claims.client_id,
         role=claims.role,
@@ -135,7 +158,12 @@ def access_for(principal: Principal) -> Access:
 def init_app(app: Flask) -> None:
     @app.before_request
     def _authorize() -> None:
-        if request.blueprint != "fhir" or request.endpoint is None or request.endpoint in PUBLIC_ENDPOINTS:
+        if (
+            request.blueprint != "fhir"
+            or request.endpoint is None
+            or request.endpoint in PUBLIC_ENDPOINTS
+            or request.method == "OPTIONS"  # a CORS preflight carries no token; Flask answers it
+        ):
             return
         principal = authenticate()
         g.principal = principal

@@ -23,6 +23,7 @@ class AuthClient(Base):
     organization: Mapped[str | None] = mapped_column(String(128))  # "Organization/<id>" (insurers)
     redirect_uris: Mapped[str | None] = mapped_column(Text)  # JSON list, for app launch
     public: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    allowed_networks: Mapped[str | None] = mapped_column(Text)  # space-separated CIDR blocks; None: anywhere
     disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 

@@ -19,7 +19,7 @@ from joserfc.jwk import KeySet
 
 from audit.recorder import note_actor, note_detail
 from fhir_api import db
-from fhir_api.auth import tokens
+from fhir_api.auth import networks, tokens
 from fhir_api.auth.assertions import ASSERTION_TYPE, unverified_parts, verify_assertion
 from fhir_api.auth.clients import APP_ROLES, BACKEND_ROLES, get_client
 from fhir_api.auth.jwks_fetch import JwksFetchError, fetch_jwks
@@ -113,6 +113,8 @@ def _authenticate_private_key_jwt(query_client: Any, req: Any) -> Client | None:
     if client is None:
         raise InvalidClientError(description="unknown or disabled client")
     verify_assertion(db.session(), client.model, assertion, token_url(), client_keys(client.model))
+    if not networks.allows((client.model.allowed_networks or "").split(), request.remote_addr):
+        raise InvalidClientError(description="this client may not request tokens from this network address")
     return client
 
 
@@ -151,7 +153,11 @@ def _generate_token(
     model = client.model
     organization = model.organization.partition("/")[2] if model.organization else None
     access, claims = tokens.issue(
-        client_id=model.client_id, role=model.role, scope=scope or "", organization=organization
+        client_id=model.client_id,
+        role=model.role,
+        scope=scope or "",
+        organization=organization,
+        networks=tuple((model.allowed_networks or "").split()),
     )
     note_actor(client_id=model.client_id, role=model.role, jti=claims["jti"])
     note_detail(scope=claims["scope"])

@@ -44,6 +44,7 @@ class Claims:
     patient: str | None = None
     fhir_user: str | None = None
     organization: str | None = None
+    networks: tuple[str, ...] = ()  # the client's network allowlist when issued (claim "net")
 
 
 def issuer() -> str:
@@ -59,6 +60,7 @@ def issue(
     patient: str | None = None,
     fhir_user: str | None = None,
     organization: str | None = None,
+    networks: tuple[str, ...] = (),
 ) -> tuple[str, dict[str, Any]]:
     """A signed access token for the FHIR base of this server, and its claims."""
     now = int(time.time())
@@ -77,6 +79,8 @@ def issue(
     for name, value in (("patient", patient), ("fhirUser", fhir_user), ("organization", organization)):
         if value:
             claims[name] = value
+    if networks:
+        claims["net"] = list(networks)
     key = signing_key()
     header = {"alg": SIGNING_ALG, "typ": TOKEN_TYPE, "kid": key.kid}
     return jwt.encode(header, claims, key, algorithms=[SIGNING_ALG]), claims
@@ -125,6 +129,7 @@ def verify(token: str) -> Claims:
         patient=c.get("patient"),
         fhir_user=c.get("fhirUser"),
         organization=c.get("organization"),
+        networks=tuple(str(n) for n in c.get("net") or ()),
     )
     _VERIFIED[key] = claims
     if len(_VERIFIED) > _VERIFIED_MAX:
