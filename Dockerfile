@@ -7,7 +7,8 @@ COPY resources ./resources
 COPY audit ./audit
 COPY crypto ./crypto
 COPY seed ./seed
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 fhir
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 fhir \
+    && mkdir -p /var/lib/fhir/exports && chown fhir /var/lib/fhir/exports
 USER fhir
 EXPOSE 8000
 # Migrations at start, then gunicorn (graceful shutdown finishes in-flight requests).

@@ -32,7 +32,7 @@ demo: install
 	@echo "  curl -s http://$(HOST):$(PORT)/fhir/R4/.well-known/smart-configuration"
 	@echo ""
 	$(DEMO_KEYS) FHIR_PUBLIC_URL=http://$(HOST):$(PORT) \
-		$(BIN)/fhir-api serve --host $(HOST) --port $(PORT) --workers 2
+		$(BIN)/fhir-api serve --host $(HOST) --port $(PORT) --workers 1 --threads 8
 
 test: install
 	$(BIN)/python -m pytest

@@ -524,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                 "FHIR_CRYPTO_KEY_FILE": str(keyring),
                 "FHIR_AUDIT_SIGNING_KEY_FILE": str(audit_key),
                 "FHIR_PUBLIC_URL": f"http://127.0.0.1:{app_port}",
+                "FHIR_RATE_LIMIT_ENABLED": "false",  # one bench client: per-client limits are not measured
             }
             token = token_minter(key_file, f"http://127.0.0.1:{app_port}")
             app_srv = Server("app", [*app_argv, "--workers", str(args.workers)], app_env, app_port, work)

@@ -731,7 +731,8 @@ def server_env(db_url: str, **extra: str) -> dict[str, str]:
     env = {k: val for k, val in os.environ.items() if not k.startswith("FHIR_")}
     names = ("FHIR_CRYPTO_KEY_FILE", "FHIR_AUDIT_SIGNING_KEY_FILE")
     keys = {name: os.environ[name] for name in names if os.environ.get(name)}
-    return {**env, "FHIR_DATABASE_URL": db_url, **keys, **extra}
+    # One bench client sends what a whole hospital would: per-client rate limits are not what is measured.
+    return {**env, "FHIR_DATABASE_URL": db_url, "FHIR_RATE_LIMIT_ENABLED": "false", **keys, **extra}
 
 
 def authorized(work: Path, env: dict[str, str], port: int) -> tuple[dict[str, str], Any]:

@@ -361,13 +361,17 @@ def import_cmd(paths: tuple[str, ...], workers: int | None, chunk: int) -> None:
 @main.command("seed")
 @click.option("--patients", default=10, show_default=True, type=int)
 @click.option("--seed", "seed_value", default=42, show_default=True, type=int, help="Random seed.")
+@click.option("--workers", default=1, show_default=True, type=int, help="Loader processes (PostgreSQL: 2+).")
 @with_appcontext
-def seed_cmd(patients: int, seed_value: int) -> None:
-    """Load a deterministic synthetic population through the API's own write path."""
+def seed_cmd(patients: int, seed_value: int, workers: int) -> None:
+    """Load a deterministic synthetic population through the API (transactions, audited as fhir-api-seed)."""
     from fhir_api import db as database
-    from seed.loader import load_population
+    from seed.loader import SeedError, load_population
 
-    summary = load_population(patients=patients, seed=seed_value, progress=True)
+    try:
+        summary = load_population(patients=patients, seed=seed_value, progress=True, workers=workers)
+    except (SeedError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     database.analyze(database.engine())
     click.echo(", ".join(f"{n} {t}" for t, n in sorted(summary.items())))
 

@@ -76,3 +76,29 @@ def test_a_second_run_adds_versions_not_resources(app, client, capsys):
     history = client.get("/fhir/R4/Patient/pat-0001/_history").get_json(force=True)
     assert [e["response"]["etag"] for e in history["entry"]] == ['W/"2"', 'W/"1"']
     assert client.get("/fhir/R4/Patient/pat-0001").headers["ETag"] == 'W/"2"'
+
+
+def test_seeding_goes_through_the_api_and_is_audited(app):
+    from audit.models import AuditRow
+
+    with app.app_context():
+        with db.new_session() as session:  # the audit log is append-only: it outlives other tests' data
+            start = session.scalar(select(func.coalesce(func.max(AuditRow.pos), 0)))
+        counts = load_population(patients=PATIENTS, seed=42)
+        with db.new_session() as session:
+            events = session.execute(
+                select(AuditRow.subtype, func.count())
+                .where(AuditRow.client_id == "fhir-api-seed", AuditRow.pos > start)
+                .group_by(AuditRow.subtype)
+            ).all()
+    by_subtype = dict(events)
+    assert by_subtype.get("update", 0) == sum(counts.values())  # one event per resource written (PUT)
+    assert by_subtype.get("transaction", 0) + by_subtype.get("batch", 0) >= 1  # and the bundles themselves
+
+
+def test_worker_processes_load_the_same_population(app, client):
+    with app.app_context():
+        counts = load_population(patients=3, seed=42, workers=2, per_bundle=1)
+    assert counts == dict(sorted(Counter(r["resourceType"] for r in generate(3, seed=42)).items()))
+    assert _row_counts(app)[0] == sum(counts.values())
+    assert client.get("/fhir/R4/Patient/pat-0003").status_code == 200
