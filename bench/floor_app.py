@@ -1,6 +1,7 @@
 """The floor for ``bench/crud.py``: the least a Flask app on this stack can do for a read and an insert.
 
-One table (id text primary key, body text), a primary-key select and a one-row insert, on the same
+One table (id text primary key, body text), a primary-key select and a one-row insert (and, for the search
+share of ``bench/load.py``'s mix, a page of rows after a key: one index range scan), on the same
 SQLAlchemy 2 + psycopg 3 engine settings as the FHIR app (``fhir_api.db.make_engine`` with the app's
 defaults) and served by the same gunicorn settings (``fhir_api.serving``). Whatever the FHIR app does
 beyond this is its own cost, so ``app req/s / floor req/s`` measures the app, not the machine.
@@ -58,6 +59,26 @@ def create_floor_app(database_url: str) -> Flask:
         with engine.begin() as conn:
             conn.execute(insert(rows).values(id=row_id, body=body))
         return Response(body, status=201, mimetype="application/json", headers={"Location": f"/row/{row_id}"})
+
+    @app.get("/rows")
+    def page() -> Response:
+        """Up to ``count`` rows after the key ``after``, in key order: the floor of a search (one index range
+        scan returning a few rows, as a JSON array of their bodies)."""
+        after = request.args.get("after", "")
+        count = min(max(request.args.get("count", 10, type=int) or 10, 1), 100)
+        with engine.connect() as conn:
+            query = select(rows.c.body).where(rows.c.id > after).order_by(rows.c.id).limit(count)
+            bodies = conn.execute(query).scalars().all()
+        return Response("[" + ",".join(bodies) + "]", mimetype="application/json")
+
+    @app.after_request
+    def echo_request_id(resp: Response) -> Response:
+        """Echo a client's X-Request-Id, as the FHIR app does (``bench/wrk_mix.lua`` matches responses by it);
+        without one, nothing changes."""
+        incoming = request.headers.get("X-Request-Id")
+        if incoming:
+            resp.headers["X-Request-Id"] = incoming
+        return resp
 
     return app
 
