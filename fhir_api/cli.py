@@ -69,6 +69,12 @@ def serve(host: str, port: int, workers: int | None, threads: int | None) -> Non
     problem = serving_problem(app.config, workers)
     if problem:
         raise click.ClickException(problem)
+    if app.config.get("AUTH_ENFORCE", True) in (False, "false", "0"):
+        click.secho(
+            "WARNING: FHIR_AUTH_ENFORCE=false: FHIR requests are served WITHOUT a token (benchmarks only)",
+            fg="red",
+            err=True,
+        )
     try:
         signing_key(app)  # refuse to start rather than fail every token request later
     except AuthConfigurationError as exc:

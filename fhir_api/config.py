@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_SIGNING_KEY_FILE": None,
     "AUTH_TOKEN_LIFETIME": 300,  # seconds, at most 300
     "AUTH_JWKS_ALLOW_PRIVATE": False,  # let client JWKS URLs point at private addresses (tests, demo)
+    "AUTH_ENFORCE": True,  # false: every FHIR request gets system/*.* without a token (bench/auth.py only)
     # Field-level encryption. Keys have no default: `make demo` creates var/keys/keyring.json; production
     # sets CRYPTO_KEY_FILE (or CRYPTO_KEYRING, the same JSON inline) or KMS_PROVIDER=vault with VAULT_*.
     "PROTECTION": True,  # false: store and index everything in clear (benchmarks and comparisons only)

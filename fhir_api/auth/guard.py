@@ -155,6 +155,19 @@ def access_for(principal: Principal) -> Access:
     return Access(rules=rules, types=ceiling.types, patient=patient or None, payor=payor)
 
 
+# Benchmarks only (FHIR_AUTH_ENFORCE=false, bench/auth.py): the price of token checks is measured against a
+# server that grants every request this principal. `serve` warns loudly; nothing else ever sets it.
+BENCH_PRINCIPAL = Principal(
+    client_id="auth-not-enforced", role="clinical-system", scope="system/*.*", jti="-", subject="-"
+)
+
+
+def _enforced() -> bool:
+    from flask import current_app
+
+    return current_app.config.get("AUTH_ENFORCE", True) not in (False, "false", "0")
+
+
 def init_app(app: Flask) -> None:
     @app.before_request
     def _authorize() -> None:
@@ -165,7 +178,7 @@ def init_app(app: Flask) -> None:
             or request.method == "OPTIONS"  # a CORS preflight carries no token; Flask answers it
         ):
             return
-        principal = authenticate()
+        principal = authenticate() if _enforced() else BENCH_PRINCIPAL
         g.principal = principal
         g.access = access_for(principal)
         if request.endpoint in PER_ENTRY:
