@@ -65,6 +65,8 @@ ENDPOINTS: dict[str, tuple[dict[str, str], str, str]] = {
     "audit.status": (ev.REST, "operation", "R"),
     "audit.export_log": (ev.EXPORT, "export", "E"),
     "auth.token": (ev.USER_AUTHENTICATION, "110122", "E"),
+    "auth.authorize": (ev.USER_AUTHENTICATION, "110122", "E"),
+    "auth.launch": (ev.REST, "operation", "C"),
     "auth.revoke": (ev.USER_AUTHENTICATION, "110123", "E"),
     "auth.introspect": (ev.USER_AUTHENTICATION, "introspect", "E"),
 }

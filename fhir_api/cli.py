@@ -502,7 +502,7 @@ def demo_setup(key_dir: str) -> None:
     from pathlib import Path
 
     from fhir_api import db as database
-    from fhir_api.auth.demo import ensure_demo_clients
+    from fhir_api.auth.demo import DEMO_REDIRECT, ensure_demo_apps, ensure_demo_clients, ensure_demo_users
     from fhir_api.auth.keys import generate_signing_key_file
 
     signing = Path(current_app.config.get("AUTH_SIGNING_KEY_FILE") or Path(key_dir, "signing.jwk"))
@@ -522,7 +522,11 @@ def demo_setup(key_dir: str) -> None:
         click.echo(f"created audit signing key {audit_key}")
     with database.new_session() as s:
         for name, role, client_id in ensure_demo_clients(s, Path(key_dir, "clients")):
-            click.echo(f"  {name:<14} {role:<16} {client_id}")
+            click.echo(f"  {name:<18} {role:<16} {client_id}")
+        for name, role, client_id in ensure_demo_apps(s):
+            click.echo(f"  {name:<18} {role:<16} {client_id}  (public app, redirect {DEMO_REDIRECT})")
+        for username, password in ensure_demo_users(s, Path(key_dir, "users.json")).items():
+            click.echo(f"  user {username:<13} password {password}")
 
 
 @main.command("token")
@@ -587,3 +591,55 @@ def openapi_cmd(output: str, check: bool) -> None:
     else:
         Path(output).write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
+
+
+# -- App Launch users -------------------------------------------------------------------------------------
+@main.group("users")
+def users_group() -> None:
+    """People who sign in to SMART apps (clinicians and patients)."""
+
+
+@users_group.command("add")
+@click.argument("username")
+@click.option("--role", required=True, type=click.Choice(["clinician", "patient"]))
+@click.option(
+    "--fhir-user", required=True, help="Practitioner/<id> for a clinician, Patient/<id> for a patient."
+)
+@click.option("--name", default=None, help="Display name.")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input (else one is made)."
+)
+@with_appcontext
+def users_add(username: str, role: str, fhir_user: str, name: str | None, password_stdin: bool) -> None:
+    """Register a user; prints the generated password unless one was given on stdin."""
+    import secrets
+
+    import audit
+    from fhir_api import db as database
+    from fhir_api.auth.users import UserError, add_user
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else secrets.token_urlsafe(15)
+    with database.new_session() as s:
+        try:
+            add_user(s, username, password, role, fhir_user, name)
+        except UserError as exc:
+            raise click.UsageError(str(exc)) from None
+        audit.record_operation(
+            s,
+            _ROLES,
+            detail={"operation": "users add", "user": username, "role": role, "fhirUser": fhir_user},
+        )
+    if not password_stdin:
+        click.echo(password)
+
+
+@users_group.command("list")
+@with_appcontext
+def users_list() -> None:
+    """Registered users, one per line (tab-separated)."""
+    from fhir_api import db as database
+    from fhir_api.auth.users import list_users
+
+    with database.new_session() as s:
+        for u in list_users(s):
+            click.echo("\t".join([u.username, u.role, u.fhir_user, "disabled" if u.disabled else "enabled"]))

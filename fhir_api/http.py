@@ -186,6 +186,7 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _request_id() -> None:
         g.started = time.perf_counter()
+        g.pop("_authenticated", None)  # in-process callers may reuse an app context: never a stale principal
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid.uuid4())
 

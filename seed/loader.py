@@ -65,11 +65,12 @@ class Poster:
             return Counter()
         self._authorize()
         body = dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}).encode()
-        resp = self.client.post(
-            "/fhir/R4",
-            data=body,
-            headers={"Content-Type": "application/fhir+json", "Prefer": "return=minimal"},
-        )
+        with self.app.app_context():  # a request of its own: nothing in ``g`` from the caller or the last one
+            resp = self.client.post(
+                "/fhir/R4",
+                data=body,
+                headers={"Content-Type": "application/fhir+json", "Prefer": "return=minimal"},
+            )
         if resp.status_code != 200:
             payload = resp.get_json(silent=True) or {}
             said = (payload.get("issue") or [{}])[0].get("diagnostics") or resp.status

@@ -66,3 +66,54 @@ def signed_assertion(key_file: Path, token_url: str) -> tuple[str, str]:
     }
     header = {"alg": "ES384", "kid": key.kid, "typ": "JWT"}
     return data["client_id"], jwt.encode(header, claims, key, algorithms=["ES384"])
+
+
+# App Launch: two public apps (PKCE) and a user for each, so the login, consent and picker pages can be tried.
+DEMO_REDIRECT = "http://localhost:9000/callback"
+DEMO_APPS: dict[str, dict[str, Any]] = {
+    "demo-clinician-app": {
+        "role": "clinician",
+        "scope": "openid fhirUser launch launch/patient offline_access online_access "
+        "user/*.cruds patient/*.rs",
+    },
+    "demo-patient-app": {
+        "role": "patient",
+        "scope": "openid fhirUser launch/patient offline_access online_access patient/*.rs",
+    },
+}
+DEMO_USERS: dict[str, dict[str, str]] = {
+    "dr-hart": {"role": "clinician", "fhir_user": "Practitioner/prac-hospital-1-1", "name": "Dr Hart"},
+    "pat-0001": {"role": "patient", "fhir_user": "Patient/pat-0001", "name": "Patient 0001"},
+}
+
+
+def ensure_demo_apps(session: Session) -> list[tuple[str, str, str]]:
+    existing = {c.name: c for c in list_clients(session)}
+    out = []
+    for name, spec in DEMO_APPS.items():
+        client = existing.get(name) or add_client(
+            session, Registration(name=name, public=True, redirect_uris=(DEMO_REDIRECT,), **spec)
+        )
+        out.append((name, client.role, client.client_id))
+    return out
+
+
+def ensure_demo_users(session: Session, path: Path) -> dict[str, str]:
+    """Demo users with random passwords, kept (owner-only) in ``path`` so `make demo` can print them."""
+    import secrets
+
+    from fhir_api.auth.users import add_user, get_user
+
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    for username, spec in DEMO_USERS.items():
+        if get_user(session, username) is not None and username in known:
+            continue
+        password = secrets.token_urlsafe(12)
+        if get_user(session, username) is None:
+            add_user(session, username, password, spec["role"], spec["fhir_user"], spec["name"])
+            known[username] = password
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(known, f)
+    return known

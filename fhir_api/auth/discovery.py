@@ -16,14 +16,26 @@ def _auth(path: str) -> str:
 
 
 def smart_configuration() -> dict[str, Any]:
-    """SMART App Launch 2.x section 'Metadata' (no ``issuer``: the server offers no SSO)."""
+    """SMART App Launch 2.x section 'Metadata'; ``issuer`` because the server signs OpenID id tokens."""
     return {
+        "issuer": _auth("").rstrip("/"),
+        "authorization_endpoint": _auth("authorize"),
         "token_endpoint": _auth("token"),
         "jwks_uri": _auth("jwks"),
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+        "response_types_supported": ["code"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384", "RS256", "ES256"],
         "scopes_supported": [
+            "openid",
+            "fhirUser",
+            "launch",
+            "launch/patient",
+            "offline_access",
+            "online_access",
+            "patient/*.rs",
+            "user/*.rs",
+            "user/*.cruds",
             "system/*.rs",
             "system/*.cruds",
             "system/*.read",
@@ -33,7 +45,23 @@ def smart_configuration() -> dict[str, Any]:
         "introspection_endpoint": _auth("introspect"),
         "revocation_endpoint": _auth("revoke"),
         "code_challenge_methods_supported": ["S256"],
-        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+        "capabilities": [
+            "launch-ehr",
+            "launch-standalone",
+            "client-public",
+            "client-confidential-asymmetric",
+            "context-ehr-patient",
+            "context-ehr-encounter",
+            "context-standalone-patient",
+            "context-banner",
+            "sso-openid-connect",
+            "permission-offline",
+            "permission-online",
+            "permission-patient",
+            "permission-user",
+            "permission-v1",
+            "permission-v2",
+        ],
     }
 
 
@@ -56,6 +84,7 @@ def capability_security() -> dict[str, Any]:
             {
                 "url": OAUTH_URIS,
                 "extension": [
+                    {"url": "authorize", "valueUri": _auth("authorize")},
                     {"url": "token", "valueUri": _auth("token")},
                     {"url": "introspect", "valueUri": _auth("introspect")},
                     {"url": "revoke", "valueUri": _auth("revoke")},

@@ -19,7 +19,7 @@ from joserfc.jwk import KeySet
 
 from audit.recorder import note_actor, note_detail
 from fhir_api import db
-from fhir_api.auth import networks, tokens
+from fhir_api.auth import app_launch, networks, tokens
 from fhir_api.auth.assertions import ASSERTION_TYPE, unverified_parts, verify_assertion
 from fhir_api.auth.clients import APP_ROLES, BACKEND_ROLES, get_client
 from fhir_api.auth.jwks_fetch import JwksFetchError, fetch_jwks
@@ -152,27 +152,36 @@ def _generate_token(
 ) -> dict[str, Any]:
     model = client.model
     organization = model.organization.partition("/")[2] if model.organization else None
+    person = user if isinstance(user, app_launch.Grantee) else None  # App Launch: who signed in
     access, claims = tokens.issue(
         client_id=model.client_id,
         role=model.role,
         scope=scope or "",
         organization=organization,
         networks=tuple((model.allowed_networks or "").split()),
+        subject=person.username if person else None,
+        patient=person.patient if person else None,
+        fhir_user=person.fhir_user if person else None,
     )
     note_actor(client_id=model.client_id, role=model.role, jti=claims["jti"])
-    note_detail(scope=claims["scope"])
-    return {
+    note_detail(scope=claims["scope"], grant=grant_type, **({"user": person.username} if person else {}))
+    body: dict[str, Any] = {
         "access_token": access,
         "token_type": "bearer",
         "expires_in": claims["exp"] - claims["iat"],
         "scope": claims["scope"],
     }
+    if person is not None:
+        app_launch.extend_token(body, client, person, claims["scope"], claims)
+    return body
 
 
 def init_app(app: Flask) -> None:
     server = AuthorizationServer(app, query_client=_query_client, save_token=lambda token, req: None)
     server.register_client_auth_method("private_key_jwt", _authenticate_private_key_jwt)
     server.register_grant(BackendServicesGrant)
+    server.register_grant(app_launch.AuthorizationCodeGrant, [app_launch.S256Only(required=True)])
+    server.register_grant(app_launch.RefreshTokenGrant)
     server.register_token_generator("default", _generate_token)
     app.extensions["fhir_auth_server"] = server
     app.register_blueprint(bp)
@@ -196,6 +205,32 @@ def _oauth_error(error: Any) -> Response:
     resp = jsonify(body)
     resp.status_code = status
     resp.headers.update(headers)
+    resp.headers.update(NO_STORE)
+    return resp
+
+
+@bp.route("/authorize", methods=["GET", "POST"])
+def authorize() -> Response:
+    """SMART App Launch authorization endpoint: sign-in, consent and patient picker pages, then a redirect
+    with the code (or an error) to the app's registered redirect URI."""
+    return app_launch.authorize()
+
+
+@bp.route("/launch", methods=["POST"])
+def launch() -> Response:
+    """EHR launch: a clinical system (the EHR) registers the context it launches an app in and gets the
+    opaque ``launch`` value to pass to the app."""
+    caller = _caller()
+    if caller.role != "clinical-system":
+        return _oauth_error(InvalidClientError(description="only an EHR (clinical system) launches"))
+    data = request.get_json(silent=True) or request.form
+    patient = str(data.get("patient") or "") or None
+    encounter = str(data.get("encounter") or "") or None
+    if patient is None:
+        return _oauth_error(InvalidRequestError(description="patient is required"))
+    launch_id = app_launch.create_launch(caller.client_id, patient, encounter)
+    note_detail(patient=patient)
+    resp = jsonify({"launch": launch_id, "expires_in": int(app_launch.LAUNCH_LIFETIME.total_seconds())})
     resp.headers.update(NO_STORE)
     return resp
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from fhir_api import create_app
-from fhir_api.auth.demo import DEMO_CLIENTS, signed_assertion
+from fhir_api.auth.demo import DEMO_APPS, DEMO_CLIENTS, DEMO_USERS, signed_assertion
 from fhir_api.cli import main
 from fhir_api.db import make_engine
 from fhir_api.migrate import upgrade
@@ -82,10 +82,19 @@ def test_demo_setup_is_idempotent_and_its_clients_get_tokens(cli, tmp_path, monk
     assert "created token-signing key" in first
     second = cli("demo-setup")
     assert "created" not in second
-    ids = {line.split()[0]: line.split()[-1] for line in second.splitlines()}
-    assert set(ids) == set(DEMO_CLIENTS) and ids == {
-        line.split()[0]: line.split()[-1] for line in first.splitlines()[1:]
-    }
+
+    def backend_ids(output: str) -> dict[str, str]:
+        return {w[0]: w[-1] for line in output.splitlines() if (w := line.split()) and w[0] in DEMO_CLIENTS}
+
+    ids = backend_ids(second)
+    assert set(ids) == set(DEMO_CLIENTS) and ids == backend_ids(first)
+    for app_name in DEMO_APPS:
+        assert app_name in second and "public app" in second
+    passwords = json.loads((tmp_path / "var/keys/users.json").read_text())
+    assert set(passwords) == set(DEMO_USERS)
+    assert (tmp_path / "var/keys/users.json").stat().st_mode & 0o077 == 0  # owner-only
+    for username, password in passwords.items():
+        assert f"user {username}" in second and password in second
     app = create_app()
     client = app.test_client()
     _, assertion = signed_assertion(
@@ -114,3 +123,25 @@ def test_demo_setup_is_idempotent_and_its_clients_get_tokens(cli, tmp_path, monk
 def test_serve_refuses_to_start_without_a_signing_key(cli, monkeypatch):
     monkeypatch.delenv("FHIR_AUTH_SIGNING_KEY_FILE", raising=False)
     assert "FHIR_AUTH_SIGNING_KEY_FILE is not set" in cli("serve", "--port", "1", ok=False)
+
+
+def test_users_add_and_list(cli):
+    password = cli("users", "add", "dr-lee", "--role", "clinician", "--fhir-user", "Practitioner/p1").strip()
+    assert len(password) >= 12
+    listed = cli("users", "list")
+    assert "dr-lee\tclinician\tPractitioner/p1\tenabled" in listed
+    assert "exists" in cli(
+        "users", "add", "dr-lee", "--role", "clinician", "--fhir-user", "Practitioner/p1", ok=False
+    )
+    assert "Patient/<id>" in cli(
+        "users", "add", "pat", "--role", "patient", "--fhir-user", "Practitioner/p1", ok=False
+    )
+    app = create_app()
+    from fhir_api import db
+    from fhir_api.auth.users import authenticate
+
+    with app.app_context(), db.new_session() as s:
+        assert authenticate(s, "dr-lee", password) is not None
+        assert authenticate(s, "dr-lee", password + "x") is None
+        assert authenticate(s, "nobody", password) is None
+    app.extensions["fhir_db"]["engine"].dispose()

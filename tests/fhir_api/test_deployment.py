@@ -1,4 +1,4 @@
-"""docker-compose.yml, gunicorn.conf.py and docs/deployment.md agree: services, healthchecks, secrets, variables."""
+"""docker-compose.yml, gunicorn.conf.py and docs/deployment.md agree: services, checks, secrets, variables."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SIGTERM with requests in flight: gunicorn stops accepting, finishes them (each with its audit rows), exits."""
+"""SIGTERM with requests in flight: gunicorn stops accepting, finishes them (with their audit rows), exits."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_sigterm_finishes_in_flight_requests_with_their_audit_rows_and_refuses_n
                 headers={**headers, "X-Request-Id": f"shutdown-{tag}"},
                 timeout=60,
             )
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
+        except BaseException as exc:  # reported by the assertions below
             results[tag] = exc
 
     with live_process(database_url, 1, env, "--threads", "4") as (base, proc):

@@ -38,7 +38,9 @@ def test_json_log_lines_carry_request_facts_and_no_searched_values(client, caplo
 
     formatter = JsonFormatter()
     lines = [formatter.format(r) for r in caplog.records]
-    access = [json.loads(line) for line, r in zip(lines, caplog.records) if r.name == "fhir_api.access"]
+    access = [
+        json.loads(line) for line, r in zip(lines, caplog.records, strict=True) if r.name == "fhir_api.access"
+    ]
     assert len(access) == 6
     search = access[1]
     assert search["route"] == "/fhir/R4/Patient"

@@ -141,7 +141,8 @@ def test_smart_configuration_is_public_and_complete(anonymous):
     assert "client-confidential-asymmetric" in doc["capabilities"]
     assert isinstance(doc["capabilities"], list)
     assert {"system/*.read", "system/*.rs"} & set(doc["scopes_supported"])
-    assert "issuer" not in doc  # no OpenID Connect: announcing an issuer would promise id_tokens
+    assert doc["issuer"] == "http://localhost/auth"  # with sso-openid-connect: the id tokens' iss
+    assert "sso-openid-connect" in doc["capabilities"]
     assert doc["introspection_endpoint"] == "http://localhost/auth/introspect"
     assert doc["revocation_endpoint"] == "http://localhost/auth/revoke"
 
