@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PATIENTS ?= 10
 
-.PHONY: install demo test lint serve clean
+.PHONY: install demo test lint serve clean openapi
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# The committed OpenAPI document, regenerated from the code (tests/contract fails when they differ).
+openapi: install
+	$(BIN)/fhir-api openapi -o openapi.json
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -2,8 +2,8 @@
 
 import os
 
-from fhir_api.serving import default_workers, gunicorn_options, prepare_metrics_dir
 from fhir_api.ratelimit import serving_problem
+from fhir_api.serving import default_workers, gunicorn_options, prepare_metrics_dir
 
 prepare_metrics_dir()  # before the app (and prometheus_client) is imported by the workers
 

@@ -22,13 +22,17 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         app.config.get("DATABASE_URL") or config_module.default_database_url()
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    from fhir_api.auth.external import check_configuration
+
+    if problem := check_configuration(app.config):
+        raise ValueError(problem)
     from fhir_api import logs
 
     logs.configure(app.config.get("LOG_LEVEL", "INFO"), str(app.config.get("LOG_FORMAT", "json")))
 
     import audit
     from audit import views as audit_views
-    from fhir_api import db, docs, errors, health, http, metrics, ratelimit, security
+    from fhir_api import db, docs, errors, health, http, metrics, openapi, ratelimit, security
     from fhir_api.auth import guard, keys, revocation
     from fhir_api.auth import models as _auth_models  # noqa: F401 (tables for metadata and tests)
     from fhir_api.auth import server as auth_server
@@ -65,5 +69,6 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(metrics.blp)
     bulk_views.init_app(app)
     app.register_blueprint(docs.bp)
+    openapi.init_app(app, api)  # after the last blueprint: documents every route above
     errors.register_error_handlers(app)
     return app

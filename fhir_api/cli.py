@@ -76,7 +76,8 @@ def serve(host: str, port: int, workers: int | None, threads: int | None) -> Non
             err=True,
         )
     try:
-        signing_key(app)  # refuse to start rather than fail every token request later
+        if app.config.get("AUTH_MODE", "builtin") == "builtin":
+            signing_key(app)  # refuse to start rather than fail every token request later
     except AuthConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     _check_encryption_keys(app)

@@ -60,6 +60,15 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_SIGNING_KEY_FILE": None,
     "AUTH_TOKEN_LIFETIME": 300,  # seconds, at most 300
     "AUTH_JWKS_ALLOW_PRIVATE": False,  # let client JWKS URLs point at private addresses (tests, demo)
+    # Resource-server mode (AUTH_MODE=external): tokens come from the hospital's OpenID Connect provider.
+    "AUTH_MODE": "builtin",  # builtin | external
+    "AUTH_EXTERNAL_ISSUER": None,  # the provider's iss, e.g. https://sso.example.org/realms/hospital
+    "AUTH_EXTERNAL_AUDIENCE": None,  # the aud the provider puts in tokens for this server
+    "AUTH_EXTERNAL_JWKS_URL": None,  # the provider's signing keys (fetched, cached, SSRF-checked)
+    "AUTH_EXTERNAL_ALGORITHMS": None,  # default RS256..ES512, PS256/384; never none or HS*
+    "AUTH_EXTERNAL_ROLE_CLAIM": "fhir_role",  # claim naming the role; else derived from the scopes
+    "AUTH_EXTERNAL_TOKEN_ENDPOINT": None,  # announced in SMART discovery
+    "AUTH_EXTERNAL_AUTHORIZATION_ENDPOINT": None,
     "AUTH_ENFORCE": True,  # false: every FHIR request gets system/*.* without a token (bench/auth.py only)
     # Field-level encryption. Keys have no default: `make demo` creates var/keys/keyring.json; production
     # sets CRYPTO_KEY_FILE (or CRYPTO_KEYRING, the same JSON inline) or KMS_PROVIDER=vault with VAULT_*.

@@ -32,6 +32,8 @@ from sqlalchemy import func, select
 from fhir_api.errors import Forbidden, NotFound
 
 blp = Blueprint("metrics", __name__, description="Prometheus metrics for operators")
+# prometheus_client chose, when first imported, whether this process writes its values to files.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 REQUESTS = Counter(
     "fhir_requests_total",
@@ -153,7 +155,7 @@ def metrics():
             "Metrics are served to the configured scraper only (FHIR_METRICS_TOKEN / METRICS_ALLOW)"
         )
     registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if MULTIPROCESS and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
     else:
         from prometheus_client import REGISTRY

@@ -38,7 +38,17 @@ def live_process(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     script = Path(sys.executable).with_name("fhir-api")
-    argv = [str(script), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra]
+    argv = [
+        str(script),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        *extra,
+    ]
     # The server's output goes to a file, never an undrained pipe (a full pipe would block its workers).
     with tempfile.TemporaryFile() as output:
         proc = subprocess.Popen(

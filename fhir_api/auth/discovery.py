@@ -17,6 +17,8 @@ def _auth(path: str) -> str:
 
 def smart_configuration() -> dict[str, Any]:
     """SMART App Launch 2.x section 'Metadata'; ``issuer`` because the server signs OpenID id tokens."""
+    if current_app.config.get("AUTH_MODE") == "external":
+        return _external_configuration()
     return {
         "issuer": _auth("").rstrip("/"),
         "authorization_endpoint": _auth("authorize"),
@@ -65,6 +67,22 @@ def smart_configuration() -> dict[str, Any]:
     }
 
 
+def _external_configuration() -> dict[str, Any]:
+    """Resource-server mode: clients get their tokens from the hospital's identity provider."""
+    cfg = current_app.config
+    out = {
+        "issuer": cfg["AUTH_EXTERNAL_ISSUER"],
+        "jwks_uri": cfg["AUTH_EXTERNAL_JWKS_URL"],
+        "token_endpoint": cfg.get("AUTH_EXTERNAL_TOKEN_ENDPOINT") or f"{cfg['AUTH_EXTERNAL_ISSUER']}/token",
+        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": ["permission-v1", "permission-v2", "sso-openid-connect"],
+    }
+    if cfg.get("AUTH_EXTERNAL_AUTHORIZATION_ENDPOINT"):
+        out["authorization_endpoint"] = cfg["AUTH_EXTERNAL_AUTHORIZATION_ENDPOINT"]
+    return out
+
+
 def capability_security() -> dict[str, Any]:
     """``rest.security`` as the SMART spec and the Python fhirclient read it."""
     return {
@@ -83,12 +101,18 @@ def capability_security() -> dict[str, Any]:
         "extension": [
             {
                 "url": OAUTH_URIS,
-                "extension": [
-                    {"url": "authorize", "valueUri": _auth("authorize")},
-                    {"url": "token", "valueUri": _auth("token")},
-                    {"url": "introspect", "valueUri": _auth("introspect")},
-                    {"url": "revoke", "valueUri": _auth("revoke")},
-                ],
+                "extension": _oauth_uris(),
             }
         ],
     }
+
+
+def _oauth_uris() -> list[dict[str, str]]:
+    conf = smart_configuration()
+    names = (
+        ("authorize", "authorization_endpoint"),
+        ("token", "token_endpoint"),
+        ("introspect", "introspection_endpoint"),
+        ("revoke", "revocation_endpoint"),
+    )
+    return [{"url": url, "valueUri": conf[key]} for url, key in names if conf.get(key)]

@@ -12,14 +12,19 @@ from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, grants
-from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError, InvalidScopeError
+from authlib.oauth2.rfc6749.errors import (
+    InvalidClientError,
+    InvalidRequestError,
+    InvalidScopeError,
+    UnsupportedGrantTypeError,
+)
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from audit.recorder import note_actor, note_detail
 from fhir_api import db
-from fhir_api.auth import app_launch, networks, tokens
+from fhir_api.auth import app_launch, external, networks, tokens
 from fhir_api.auth.assertions import ASSERTION_TYPE, unverified_parts, verify_assertion
 from fhir_api.auth.clients import APP_ROLES, BACKEND_ROLES, get_client
 from fhir_api.auth.jwks_fetch import JwksFetchError, fetch_jwks
@@ -191,6 +196,12 @@ def init_app(app: Flask) -> None:
 def token() -> Response:
     """OAuth 2.0 token endpoint (form-encoded, per RFC 6749 section 4.4 and SMART Backend Services)."""
     server: AuthorizationServer = current_app.extensions["fhir_auth_server"]
+    if external.enabled():
+        error = UnsupportedGrantTypeError(request.form.get("grant_type", ""))
+        error.description = "this server is a resource server: get tokens from " + str(
+            current_app.config.get("AUTH_EXTERNAL_ISSUER")
+        )
+        return _oauth_error(error)
     if request.mimetype != "application/x-www-form-urlencoded":
         return _oauth_error(
             InvalidRequestError(description="the body must be application/x-www-form-urlencoded")
@@ -213,6 +224,8 @@ def _oauth_error(error: Any) -> Response:
 def authorize() -> Response:
     """SMART App Launch authorization endpoint: sign-in, consent and patient picker pages, then a redirect
     with the code (or an error) to the app's registered redirect URI."""
+    if external.enabled():
+        return Response("Sign-in happens at the identity provider.", status=404, mimetype="text/plain")
     return app_launch.authorize()
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fhir_api.auth import revocation
+from fhir_api.auth import external, revocation
 from fhir_api.auth.keys import SIGNING_ALG, signing_key
 from fhir_api.auth.models import RevokedToken
 from fhir_api.db import write_transaction
@@ -102,6 +102,12 @@ def verify(token: str) -> Claims:
             _VERIFIED.pop(key, None)
             raise InvalidToken("the access token has expired")
         return cached
+    if external.enabled():  # resource-server mode: the hospital's identity provider issued it
+        try:
+            c = external.verify(token)
+        except ValueError as exc:
+            raise InvalidToken(str(exc)) from None
+        return _remember(key, _claims(c, c["exp"]))
     try:
         decoded = jwt.decode(token, signing_key(), algorithms=[SIGNING_ALG])
     except (JoseError, ValueError) as exc:
@@ -119,7 +125,11 @@ def verify(token: str) -> Claims:
         raise InvalidToken("the access token has expired")
     if not all(isinstance(c.get(k), str) for k in ("jti", "client_id", "role", "scope", "sub")):
         raise InvalidToken("the access token lacks required claims")
-    claims = Claims(
+    return _remember(key, _claims(c, exp))
+
+
+def _claims(c: dict[str, Any], exp: int) -> Claims:
+    return Claims(
         jti=c["jti"],
         client_id=c["client_id"],
         role=c["role"],
@@ -131,6 +141,9 @@ def verify(token: str) -> Claims:
         organization=c.get("organization"),
         networks=tuple(str(n) for n in c.get("net") or ()),
     )
+
+
+def _remember(key: tuple[str, str], claims: Claims) -> Claims:
     _VERIFIED[key] = claims
     if len(_VERIFIED) > _VERIFIED_MAX:
         _VERIFIED.popitem(last=False)

@@ -391,7 +391,7 @@ CASES: list[tuple[str, Callable[[Backend, Any], dict[str, str]], int, str]] = [
         "authorization_code for a backend client",
         lambda be, app: token_form(be.assertion(), grant_type="authorization_code", code="x"),
         400,
-        "unsupported_grant_type",
+        "unauthorized_client",  # RFC 6749 5.2: a grant the server has, but not for this client
     ),
     (
         "missing grant_type",
@@ -948,8 +948,8 @@ def test_documents_about_the_server_may_be_cached_but_data_may_not(anonymous, cl
 
 def test_discovery_claims_only_what_is_served(anonymous):
     doc = anonymous.get("/fhir/R4/.well-known/smart-configuration").get_json()
-    assert doc["grant_types_supported"] == ["client_credentials"]  # no app launch yet
-    assert "response_types_supported" not in doc and "authorization_endpoint" not in doc
-    assert all(s.startswith("system/") for s in doc["scopes_supported"])
+    assert doc["grant_types_supported"] == ["authorization_code", "client_credentials", "refresh_token"]
+    assert doc["response_types_supported"] == ["code"]
+    assert doc["authorization_endpoint"] == "http://localhost/auth/authorize"
     security = anonymous.get("/fhir/R4/metadata").get_json()["rest"][0]["security"]
     assert security["cors"] is False  # no CORS headers are served yet
