@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from audit.models import AuditRow
 from fhir_api import create_app
 from fhir_api.db import make_engine
-from tests.helpers import mint_token, patient
+from tests.helpers import empty_tables, mint_token, patient
 from tests.live import live_process
 
 ENTRIES = 150  # a transaction that takes a good fraction of a second to commit on a 2-core machine
@@ -95,3 +95,4 @@ def test_sigterm_finishes_in_flight_requests_with_their_audit_rows_and_refuses_n
             assert stored >= 4 * ENTRIES
     finally:
         engine.dispose()
+        empty_tables(database_url)

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from audit.models import AuditRow
 from fhir_api import create_app
 from tests.fhir_api.auth.test_token_endpoint import make_backend, token_form
-from tests.helpers import authorized_client, created_id, issue, mint_token, patient
+from tests.helpers import authorized_client, created_id, empty_tables, issue, mint_token, patient
 
 ORIGIN = "https://portal.example.org"
 
@@ -25,6 +25,7 @@ def make_app(database_url):
     yield build
     for application in made:
         application.extensions["fhir_db"]["engine"].dispose()
+    empty_tables(database_url)
 
 
 def test_api_responses_carry_security_headers(client):
