@@ -46,3 +46,8 @@ openapi: install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
+
+# The committed Postman collection, regenerated from openapi.json (tests/docs fails when they differ).
+.PHONY: postman
+postman: install
+	$(BIN)/python scripts/postman.py
