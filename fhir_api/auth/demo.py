@@ -28,7 +28,7 @@ DEMO_CLIENTS: dict[str, dict[str, Any]] = {
         "organization": "Organization/org-insurer-1",
     },
     "demo-auditor": {"role": "auditor", "scope": "system/AuditEvent.rs"},
-    "demo-admin": {"role": "admin", "scope": ""},
+    "demo-admin": {"role": "admin", "scope": "admin"},
 }
 
 

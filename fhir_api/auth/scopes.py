@@ -119,7 +119,10 @@ ROLE_CEILINGS: dict[str, RoleCeiling] = {
         type_order=("AuditEvent",),
     ),
     # Administrators manage the server, not clinical data.
-    "admin": RoleCeiling(contexts=frozenset(), types=frozenset(), actions=frozenset(), other=frozenset()),
+    # Client and key management only: the "admin" scope lets it introspect and revoke any token.
+    "admin": RoleCeiling(
+        contexts=frozenset(), types=frozenset(), actions=frozenset(), other=frozenset({"admin"})
+    ),
 }
 
 

@@ -953,3 +953,19 @@ def test_discovery_claims_only_what_is_served(anonymous):
     assert doc["authorization_endpoint"] == "http://localhost/auth/authorize"
     security = anonymous.get("/fhir/R4/metadata").get_json()["rest"][0]["security"]
     assert security["cors"] is False  # no CORS headers are served yet
+
+
+def test_an_admin_client_gets_an_admin_token_that_reads_no_data_but_may_revoke_any(app):
+    admin = make_backend(app, scope="admin", role="admin")
+    other = make_backend(app)
+    http = app.test_client()
+    granted = http.post("/auth/token", data=token_form(admin.assertion(), scope="admin system/*.rs"))
+    assert granted.status_code == 200, granted.get_json()
+    assert granted.get_json()["scope"] == "admin"  # nothing clinical, whatever is asked
+    admin_token = granted.get_json()["access_token"]
+    assert http.get("/fhir/R4/Patient", headers=bearer(admin_token)).status_code == 403
+    victim = http.post("/auth/token", data=token_form(other.assertion())).get_json()["access_token"]
+    seen = http.post("/auth/introspect", data={"token": victim}, headers=bearer(admin_token)).get_json()
+    assert seen["active"] is True and seen["client_id"] == other.client_id
+    assert http.post("/auth/revoke", data={"token": victim}, headers=bearer(admin_token)).status_code == 200
+    assert http.get("/fhir/R4/Patient", headers=bearer(victim)).status_code == 401
