@@ -3,6 +3,10 @@
 ``fhir_api.auth`` builds an ``Access`` from the bearer token; the views check the interaction against it,
 and the repository and search engine add its SQL restriction to every query, so counts, totals, paging,
 ``_include``/``_revinclude`` and history never reveal a resource the token may not see.
+
+Old versions (vread, history) must pass twice: the resource must be within reach now (its current
+version, on the search index), and the version itself by its own content (resources.owners), so a
+resource moved into a patient's compartment does not bring along what it said while it was another's.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from sqlalchemy import ColumnElement, and_, exists, false, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from fhir_api.errors import Forbidden
+from resources import owners
 from resources.models import Resource
 from resources.search.compartments import compartment_clause, compartments
 from resources.search.models import ReferenceIndex
@@ -64,50 +69,82 @@ class Access:
             raise Forbidden(f"The access token's scopes do not allow {ACTION_NAMES[action]} of {what}")
 
     # -- row restriction ------------------------------------------------------------------------------
-    def clause(self, ctx: Any, res_type: str, outer: Any, action: str = "s") -> ColumnElement[bool] | None:
+    def clause(
+        self, ctx: Any, res_type: str, outer: Any, action: str = "s", version: Any = None
+    ) -> ColumnElement[bool] | None:
         """The SQL condition on ``outer`` (a Resource alias) for rows of ``res_type`` this token may see:
-        None when nothing restricts them, ``false()`` when none are visible."""
+        None when nothing restricts them, ``false()`` when none are visible.
+
+        With ``version`` (a ResourceVersion alias of the same resource), that version must also be within
+        reach by its own content, under the rule that reaches the resource: the token's patient's
+        compartment, an insurer's members. (A scope's search constraint is judged on the current version
+        only: the index describes no other.)"""
         if self.unrestricted:
             return None
         if not self.permits(res_type, action):
             return false()
-        options: list[ColumnElement[bool]] = []
-        for rule in (r for r in self.rules if r.permits(res_type, action)):
-            parts = []
-            if rule.query:
-                parts.append(_constraint(ctx, res_type, outer, rule.query))
-            if rule.patient_only:
-                parts.append(
-                    _in_patient_compartment(res_type, self.patient, outer) if self.patient else false()
-                )
-            if not parts:  # this scope alone reaches every row of the type
-                options = []
-                break
-            options.append(and_(*parts) if len(parts) > 1 else parts[0])
-        restriction = [or_(*options)] if options else []
+        reach = self._reach(ctx, res_type, outer, action)
+        if version is None:
+            return reach.condition()
+        mine = owners.in_patient_compartment(res_type, self.patient, version) if self.patient else None
+        condition = reach.condition(mine)
         if self.payor is not None:
-            restriction.append(_covered_by(res_type, self.payor, outer))
-        if not restriction:
-            return None
-        return and_(*restriction) if len(restriction) > 1 else restriction[0]
+            return and_(condition, _version_covered_by(res_type, self.payor, version))
+        return condition
 
-    def history_condition(self, ctx: Any, action: str = "s") -> Any:
-        """For ``HistoryQuery.visible``: the restriction on versions, by their current resource."""
+    def _reach(self, ctx: Any, res_type: str, outer: Any, action: str) -> _Reach:
+        free: list[ColumnElement[bool]] = []
+        confined: list[ColumnElement[bool]] = []
+        covered = _covered_by(res_type, self.payor, outer) if self.payor is not None else None
+        for rule in (r for r in self.rules if r.permits(res_type, action)):
+            constraint = _constraint(ctx, res_type, outer, rule.query) if rule.query else None
+            if rule.patient_only:
+                own = _in_patient_compartment(res_type, self.patient, outer) if self.patient else false()
+                confined.append(and_(constraint, own) if constraint is not None else own)
+            elif constraint is None:  # this scope alone reaches every row of the type
+                return _Reach(None, [], covered)
+            else:
+                free.append(constraint)
+        return _Reach(free, confined, covered)
+
+    def versions_condition(self, ctx: Any, action: str = "s") -> Any:
+        """For ``HistoryQuery.visible`` and vread: the restriction on versions, by their current resource
+        and by their own content (None: every version visible)."""
         if self.unrestricted:
             return None
         from resources.registry import supported_types
 
-        def condition(outer: Any, res_type: str | None) -> ColumnElement[bool] | None:
+        def condition(outer: Any, version: Any, res_type: str | None) -> ColumnElement[bool] | None:
             if res_type is not None:
-                return self.clause(ctx, res_type, outer, action)
-            per_type = []
+                return self.clause(ctx, res_type, outer, action, version)
+            # Every type at once. The tests on the version do not depend on its type, so they are stated
+            # once, not once per type (PostgreSQL plans a subquery for each: hundreds, and a slow plan).
+            free: list[ColumnElement[bool]] = []
+            confined: list[ColumnElement[bool]] = []
             for t in supported_types():
-                if self.permits(t, action):
-                    allowed = self.clause(ctx, t, outer, action)
-                    per_type.append(
-                        and_(outer.res_type == t, allowed) if allowed is not None else outer.res_type == t
-                    )
-            return or_(*per_type) if per_type else false()
+                if not self.permits(t, action):
+                    continue
+                reach = self._reach(ctx, t, outer, action)
+                covered = [reach.covered] if reach.covered is not None else []
+                if reach.free is None:
+                    free.append(and_(outer.res_type == t, *covered))
+                    continue
+                if reach.free:
+                    free.append(and_(outer.res_type == t, or_(*reach.free), *covered))
+                if reach.confined:
+                    confined.append(and_(outer.res_type == t, or_(*reach.confined), *covered))
+            options = [or_(*free)] if free else []
+            if confined:
+                mine = or_(*confined)
+                if self.patient and version is not None:
+                    mine = and_(mine, owners.in_patient_compartment(None, self.patient, version))
+                options.append(mine)
+            if not options:
+                return false()
+            visible = or_(*options)
+            if self.payor is not None and version is not None:
+                return and_(visible, _version_covered_by(None, self.payor, version))
+            return visible
 
         return condition
 
@@ -131,6 +168,32 @@ class Access:
 
 
 UNRESTRICTED = Access(unrestricted=True)
+
+
+@dataclass(frozen=True)
+class _Reach:
+    """One type's rows within a token's reach now: through scopes that reach any patient's rows (``free``;
+    None when one reaches every row), through scopes confined to the token's patient (``confined``), and
+    the insurer's restriction over both (``covered``)."""
+
+    free: list[ColumnElement[bool]] | None
+    confined: list[ColumnElement[bool]]
+    covered: ColumnElement[bool] | None
+
+    def condition(self, confined_version: ColumnElement[bool] | None = None) -> ColumnElement[bool] | None:
+        """``confined_version``: what a version must also meet to be seen through a confined scope."""
+        restriction = []
+        if self.free is not None:
+            options = list(self.free)
+            if self.confined:
+                mine = or_(*self.confined)
+                options.append(and_(mine, confined_version) if confined_version is not None else mine)
+            restriction.append(or_(*options))
+        if self.covered is not None:
+            restriction.append(self.covered)
+        if not restriction:
+            return None
+        return and_(*restriction) if len(restriction) > 1 else restriction[0]
 
 
 def _constraint(
@@ -171,6 +234,19 @@ def _members(payor: str) -> Any:
         beneficiary.param == "beneficiary",
         beneficiary.target_type == "Patient",
         beneficiary.res_id.in_(own_coverage),
+    )
+
+
+def _version_covered_by(res_type: str | None, payor: str, version: Any) -> ColumnElement[bool]:
+    """``_covered_by`` for a version, by its own content (membership itself is today's Coverage); of any
+    type when ``res_type`` is None."""
+    if res_type == "Coverage":
+        return owners.paid_by(version, payor)
+    if res_type is not None:
+        return owners.in_patient_compartment(res_type, _members(payor), version)
+    return or_(
+        and_(version.res_type == "Coverage", owners.paid_by(version, payor)),
+        and_(version.res_type != "Coverage", owners.in_patient_compartment(None, _members(payor), version)),
     )
 
 

@@ -149,7 +149,9 @@ def vread(
     check_type(res_type)
     # reach first: a hidden resource and an absent one must answer alike (no version count leaks)
     _require_reach(repo, access, res_type, res_id, "r")
-    found = repo.vread(res_type, res_id, version)
+    # then the version itself, by its own content: one the token may not see reads as one that never was
+    visible = access.versions_condition(SearchContext(session=repo.session), "r") if access.narrowed else None
+    found = repo.vread(res_type, res_id, version, visible)
     if found is None:
         raise NotFound(f"{res_type}/{res_id} has no version {version}")
     if found.deleted:

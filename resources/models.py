@@ -51,3 +51,22 @@ class ResourceVersion(Base):
         Index("ix_resource_version_updated", "last_updated"),
         Index("ix_resource_version_key", "key_id"),
     )
+
+
+class VersionOwner(Base):
+    """Whose records one version belongs to, read from that version's own content (resources.owners): a
+    patient whose compartment it is in, and for a Coverage the Organization that pays it.
+
+    The search index describes only current versions; access rules check old versions (vread, history)
+    against these rows, so a version is never judged by what a later version says.
+    """
+
+    __tablename__ = "resource_version_owner"
+
+    res_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    res_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+    __table_args__ = (Index("ix_resource_version_owner_owner", "owner_id", "owner_type", "res_type"),)

@@ -11,12 +11,16 @@ from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, tuple
 from sqlalchemy.orm import Session, aliased
 
 from fhir_api.db import Batch, execute_batch
-from resources import jsonio
+from resources import jsonio, owners
 from resources.dates import DateRange
 from resources.models import Resource, ResourceVersion
 from resources.protection import service as protection
 from resources.search.indexer import blind_context, index_batch
 from resources.search.models import ReferenceIndex
+
+# (current Resource alias, ResourceVersion alias, res_type or None) -> the SQL condition on the pair for
+# versions the caller may see, or None: all visible (resources.access.Access.versions_condition)
+Visibility = Any
 
 
 class WriteListener(Protocol):
@@ -58,7 +62,7 @@ class HistoryQuery:
     at: DateRange | None = None
     before_seq: int | None = None  # next page: versions older than this
     after_seq: int | None = None  # previous page: versions newer than this
-    visible: Any = None  # (resource alias, res_type or None) -> SQL condition, or None: all visible
+    visible: Visibility = None  # None: every version visible
 
 
 _COLUMNS = (
@@ -126,6 +130,18 @@ def _stored_row(row: Any) -> Stored:
     return Stored(res_type, res_id, version, last_updated, deleted, method, body, seq)
 
 
+def _visible(visible: Visibility, rv: Any, res_type: str | None) -> Any:
+    """The condition on versions ``rv`` that ``visible`` lets through: the caller must be able to see the
+    resource now, and the version by its own content (both decided by resources.access)."""
+    if visible is None:
+        return None
+    current = aliased(Resource)
+    condition = visible(current, rv, res_type)
+    if condition is None:
+        return None
+    return exists().where(current.res_type == rv.res_type, current.res_id == rv.res_id, condition)
+
+
 class ResourceRepository:
     def __init__(self, session: Session, *, index: bool = True, local_base: str | None = None) -> None:
         """``local_base`` is this server's FHIR base: absolute references under it are local ones.
@@ -145,12 +161,12 @@ class ResourceRepository:
         row = self.session.connection().execute(_READ_CURRENT, {"t": res_type, "i": res_id}).one_or_none()
         return _stored_row(row) if row else None
 
-    def vread(self, res_type: str, res_id: str, version: int) -> Stored | None:
-        row = (
-            self.session.connection()
-            .execute(_READ_VERSION, {"t": res_type, "i": res_id, "v": version})
-            .one_or_none()
-        )
+    def vread(self, res_type: str, res_id: str, version: int, visible: Visibility = None) -> Stored | None:
+        """One version; None when it does not exist or ``visible`` hides it (the two read alike)."""
+        params = {"t": res_type, "i": res_id, "v": version}
+        condition = _visible(visible, ResourceVersion, res_type)
+        stmt = _READ_VERSION if condition is None else _READ_VERSION.where(condition)
+        row = self.session.connection().execute(stmt, params).one_or_none()
         return _stored_row(row) if row else None
 
     def write(
@@ -202,6 +218,15 @@ class ResourceRepository:
                 local_base=self.local_base,
                 blind=blind_context(self.session, shield, res_type, resource is not None),
             )
+        if resource is not None:
+            if self.index:  # the owners, off the reference rows just extracted for the index
+                references = owners.references_in(batch)
+            else:
+                references = owners.references(res_type, resource, self.local_base)
+            batch.append((owners.INSERT, owners.rows(res_type, res_id, version, references)))
+        elif current is not None:
+            previous = {"o_type": res_type, "o_id": res_id, "o_version": current.version}
+            batch.append((owners.COPY, [{**previous, "o_new_version": version}]))
         for listener in WRITE_LISTENERS:
             batch += listener.rows(self.session, res_type, res_id, version, deleted, batch)
         try:
@@ -331,13 +356,9 @@ class ResourceRepository:
                 later.last_updated <= q.at.low,
             )
             stmt = stmt.where(rv.last_updated < q.at.high, ~superseded)
-        if q.visible is not None:  # only versions of resources the caller may see now
-            current = aliased(Resource)
-            condition = q.visible(current, q.res_type)
-            if condition is not None:
-                stmt = stmt.where(
-                    exists().where(current.res_type == rv.res_type, current.res_id == rv.res_id, condition)
-                )
+        condition = _visible(q.visible, rv, q.res_type)
+        if condition is not None:  # in the query, so paging never counts a hidden version
+            stmt = stmt.where(condition)
         if q.after_seq is not None:
             stmt = stmt.where(rv.seq > q.after_seq).order_by(rv.seq.asc())
         else:

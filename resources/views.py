@@ -307,7 +307,7 @@ def _history_query(res_type: str | None = None, res_id: str | None = None) -> Hi
         before, after = (int(cursor[1:]), None) if cursor[0] == "b" else (None, int(cursor[1:]))
     action = "r" if res_id else "s"
     return HistoryQuery(
-        visible=_access().history_condition(SearchContext(session=db.session()), action),
+        visible=_access().versions_condition(SearchContext(session=db.session()), action),
         limit=limit,
         res_type=res_type,
         res_id=res_id,

@@ -860,12 +860,6 @@ def test_resource_moved_away_from_the_patient_disappears(app, client, population
     assert "Observation/obs-a-vital" not in ids(http.get("/fhir/R4/_history", query_string={"_count": "100"}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: vread and instance history check only the CURRENT version's reach: once a resource is "
-    "reassigned from patient B to patient A (e.g. a misfiled result corrected), A's token can vread "
-    "version 1, which is B's data, and sees it in _history",
-)
 def test_versions_from_before_a_move_to_the_patient_stay_hidden(app, client, population):
     moved = {**_observation("obs-b-vital", "A", "vital-signs", HEART_RATE, 99)}
     assert (
@@ -877,3 +871,180 @@ def test_versions_from_before_a_move_to_the_patient_stay_hidden(app, client, pop
     assert_not_found(http.get("/fhir/R4/Observation/obs-b-vital/_history/1"))
     versions = http.get("/fhir/R4/Observation/obs-b-vital/_history").get_json()["entry"]
     assert [e["resource"]["subject"]["reference"] for e in versions] == ["Patient/A"]
+
+
+def _put(client, body: dict[str, Any]) -> dict[str, Any]:
+    """Write ``body`` with the system token; returns the stored resource."""
+    resp = client.put(
+        f"/fhir/R4/{body['resourceType']}/{body['id']}", json=body, headers={"Content-Type": FHIR}
+    )
+    assert resp.status_code in (200, 201), resp.get_data(as_text=True)
+    return resp.get_json()
+
+
+def versions(resp) -> list[tuple[str, int]]:
+    """(Type/id, version) of a history's entries, in order."""
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return [
+        (e["fullUrl"].removeprefix("http://localhost/fhir/R4/"), int(e["response"]["etag"][3:-1]))
+        for e in resp.get_json()["entry"]
+    ]
+
+
+def _link(resp, relation: str) -> str | None:
+    found = [link["url"] for link in resp.get_json()["link"] if link["relation"] == relation]
+    return found[0].removeprefix("http://localhost") if found else None
+
+
+def _pages(http, path: str, **params: str) -> list[list[tuple[str, int]]]:
+    """Every page of a history, following its next links from the first."""
+    resp = http.get(path, query_string=params)
+    pages = [versions(resp)]
+    while (following := _link(resp, "next")) is not None:
+        resp = http.get(following)
+        pages.append(versions(resp))
+    return pages
+
+
+def _vread_text(http, name: str, version: int) -> str:
+    resp = http.get(f"/fhir/R4/{name}/_history/{version}")
+    assert resp.status_code == 404, resp.get_data(as_text=True)
+    return resp.get_data(as_text=True).replace(f"version {version}", "version N")
+
+
+def test_hidden_versions_leave_no_trace_in_history_paging(app, client, population):
+    """B's four versions, then two of A's: A's token pages through exactly two versions (no empty page,
+    no extra next link), and each hidden version reads like one that never existed."""
+    for value in (100, 101):
+        _put(client, _observation("obs-b-vital", "B", "vital-signs", HEART_RATE, value))
+    last_of_b = _put(client, _observation("obs-b-vital", "B", "vital-signs", HEART_RATE, 103))["meta"]
+    _put(client, _observation("obs-b-vital", "A", "vital-signs", HEART_RATE, 99))
+    _put(client, _observation("obs-b-vital", "A", "vital-signs", HEART_RATE, 98))
+    http = as_token(app, "patient")
+    name = "Observation/obs-b-vital"
+    path = f"/fhir/R4/{name}/_history"
+
+    assert _pages(http, path, _count="1") == [[(name, 6)], [(name, 5)]]
+    assert _pages(http, path, _count="2") == [[(name, 6), (name, 5)]]
+    first = http.get(path, query_string={"_count": "2"})
+    assert first.get_json().get("total", 2) == 2
+    second = http.get(_link(http.get(path, query_string={"_count": "1"}), "next"))
+    assert versions(second) == [(name, 5)]
+    assert _link(second, "next") is None
+    assert versions(http.get(_link(second, "previous"))) == [(name, 6)]
+
+    never = _vread_text(http, name, 99)
+    for hidden in (1, 2, 3, 4):
+        assert _vread_text(http, name, hidden) == never
+    for seen in (5, 6):
+        assert http.get(f"/fhir/R4/{name}/_history/{seen}").status_code == 200
+    # at a time when it was B's, the resource has no version A may see
+    assert versions(http.get(path, query_string={"_at": last_of_b["lastUpdated"]})) == []
+
+    # system history, paged: A's seven resources at version 1 and the two versions of A's own
+    mine = {(n, 1) for n in VISIBLE["patient"]} | {(name, 5), (name, 6)}
+    pages = _pages(http, "/fhir/R4/_history", _count="3")
+    assert [len(p) for p in pages] == [3, 3, 3]
+    assert {v for p in pages for v in p} == mine
+
+
+def test_type_and_system_history_leave_out_versions_from_before_a_move(app, client, population):
+    _put(client, _observation("obs-b-vital", "A", "vital-signs", HEART_RATE, 99))
+    http = as_token(app, "patient")
+    assert set(versions(http.get("/fhir/R4/Observation/_history"))) == {
+        ("Observation/obs-a-lab", 1),
+        ("Observation/obs-a-vital", 1),
+        ("Observation/obs-b-vital", 2),
+    }
+    system = set(versions(http.get("/fhir/R4/_history", query_string={"_count": "100"})))
+    assert ("Observation/obs-b-vital", 2) in system
+    assert ("Observation/obs-b-vital", 1) not in system
+    # the same in a transaction's read entries
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": f"Observation/obs-b-vital/_history/{v}"}} for v in (1, 2)
+        ],
+    }
+    resp = http.post("/fhir/R4", json=bundle, headers={"Content-Type": FHIR})
+    statuses = [e["response"]["status"] for e in resp.get_json()["entry"]]
+    assert [s.split()[0] for s in statuses] == ["404", "200"]
+
+
+def test_a_deletion_is_seen_by_whoever_saw_what_it_deleted(app, client, population):
+    assert client.delete("/fhir/R4/Observation/obs-a-lab").status_code == 200
+    _put(client, _observation("obs-a-lab", "A", "laboratory", GLUCOSE, 5.5))
+    assert client.delete("/fhir/R4/Observation/obs-b-lab").status_code == 200
+    _put(client, _observation("obs-b-lab", "A", "laboratory", GLUCOSE, 9.8))  # restored as A's
+    http = as_token(app, "patient")
+    own = "Observation/obs-a-lab"
+    assert versions(http.get(f"/fhir/R4/{own}/_history")) == [(own, 3), (own, 2), (own, 1)]
+    assert http.get(f"/fhir/R4/{own}/_history/2").status_code == 410
+    other = "Observation/obs-b-lab"
+    assert versions(http.get(f"/fhir/R4/{other}/_history")) == [(other, 3)]
+    assert_not_found(http.get(f"/fhir/R4/{other}/_history/2"))  # the deletion of B's result
+    assert_not_found(http.get(f"/fhir/R4/{other}/_history/1"))
+
+
+def test_insurer_sees_a_claim_only_from_when_it_was_a_members(app, client, population):
+    """Members are the patients of INS's Coverage: a Claim moved from B (OTHER's) to member A shows
+    only its version about A; a Claim moved from A to B is out of reach altogether."""
+    _put(client, _claim("claim-b", "A", "OTHER", "cov-b"))
+    _put(client, _claim("claim-a", "B", "INS", "cov-a"))
+    http = as_token(app, "insurer")
+
+    assert http.get("/fhir/R4/Claim/claim-b").status_code == 200
+    assert_not_found(http.get("/fhir/R4/Claim/claim-b/_history/1"))
+    assert http.get("/fhir/R4/Claim/claim-b/_history/2").status_code == 200
+    assert versions(http.get("/fhir/R4/Claim/claim-b/_history")) == [("Claim/claim-b", 2)]
+
+    for path in ("", "/_history", "/_history/1", "/_history/2"):
+        assert_not_found(http.get(f"/fhir/R4/Claim/claim-a{path}"))
+
+    assert versions(http.get("/fhir/R4/Claim/_history")) == [("Claim/claim-b", 2)]
+    system = set(versions(http.get("/fhir/R4/_history", query_string={"_count": "100"})))
+    assert system == {("Patient/A", 1), ("Coverage/cov-a", 1), ("Claim/claim-b", 2)}
+
+
+def test_insurer_does_not_see_a_coverage_from_before_it_paid_it(app, client, population):
+    """cov-b was OTHER's; once INS pays it, INS sees that version, never the one that was OTHER's (even
+    though its beneficiary B is now INS's member)."""
+    _put(client, _coverage("cov-b", "B", "INS"))
+    http = as_token(app, "insurer")
+    assert versions(http.get("/fhir/R4/Coverage/cov-b/_history")) == [("Coverage/cov-b", 2)]
+    assert_not_found(http.get("/fhir/R4/Coverage/cov-b/_history/1"))
+    assert set(versions(http.get("/fhir/R4/Coverage/_history"))) == {
+        ("Coverage/cov-a", 1),
+        ("Coverage/cov-b", 2),
+    }
+    # and when INS stops paying cov-a, its versions are gone with it
+    _put(client, _coverage("cov-a", "A", "OTHER"))
+    assert_not_found(http.get("/fhir/R4/Coverage/cov-a/_history"))
+    assert_not_found(http.get("/fhir/R4/Coverage/cov-a/_history/1"))
+
+
+def test_each_scope_judges_versions_by_its_own_rule(app, client, population):
+    """patient/ confines to A's compartment, version by version; a user/ scope constrained to laboratory
+    results reaches every patient's (judged, like searches, on the current version)."""
+    _put(client, _observation("obs-b-vital", "A", "vital-signs", HEART_RATE, 99))
+    _put(client, _observation("obs-b-lab", "A", "laboratory", GLUCOSE, 9.9))
+    http = authorized_client(
+        app,
+        role="clinician",
+        scope="patient/Observation.rs user/Observation.rs?category=laboratory",
+        patient="A",
+    )
+    vital, lab = "Observation/obs-b-vital", "Observation/obs-b-lab"
+    assert versions(http.get(f"/fhir/R4/{vital}/_history")) == [(vital, 2)]
+    assert_not_found(http.get(f"/fhir/R4/{vital}/_history/1"))
+    assert versions(http.get(f"/fhir/R4/{lab}/_history")) == [(lab, 2), (lab, 1)]
+    assert http.get(f"/fhir/R4/{lab}/_history/1").status_code == 200
+    for path in ("/fhir/R4/Observation/_history", "/fhir/R4/_history"):
+        assert set(versions(http.get(path, query_string={"_count": "100"}))) == {
+            ("Observation/obs-a-lab", 1),
+            ("Observation/obs-a-vital", 1),
+            (vital, 2),
+            (lab, 2),
+            (lab, 1),
+        }
