@@ -291,12 +291,14 @@ def delete(res_type: str, res_id: str):
 
 def _history_query(res_type: str | None = None, res_id: str | None = None) -> HistoryQuery:
     cfg = current_app.config
-    count_arg = request.args.get("_count")
+    counts = request.args.getlist("_count")
     limit = int(cfg["DEFAULT_PAGE_SIZE"])
-    if count_arg is not None:
-        if not count_arg.isdigit():
+    if len(counts) > 1:
+        raise BadRequest("_count may be given once", expression="_count")
+    if counts:
+        if not counts[0].isdigit():
             raise BadRequest("_count must be a non-negative integer", expression="_count")
-        limit = min(int(count_arg), int(cfg["MAX_PAGE_SIZE"]))
+        limit = min(int(counts[0]), int(cfg["MAX_PAGE_SIZE"]))
     since = request.args.get("_since")
     at = request.args.get("_at")
     cursor = request.args.get("_cursor")

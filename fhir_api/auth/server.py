@@ -236,7 +236,9 @@ def launch() -> Response:
     caller = _caller()
     if caller.role != "clinical-system":
         return _oauth_error(InvalidClientError(description="only an EHR (clinical system) launches"))
-    data = request.get_json(silent=True) or request.form
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        data = request.form
     patient = str(data.get("patient") or "") or None
     encounter = str(data.get("encounter") or "") or None
     if patient is None:
@@ -272,7 +274,9 @@ def _may_see(caller: Any, claims: tokens.Claims) -> bool:
 def introspect() -> Response:
     """RFC 7662, with the SMART fields; ``active: false`` for anything the caller may not see."""
     caller = _caller()
-    token = request.form.get("token", "")
+    if "token" not in request.form:
+        return _oauth_error(InvalidRequestError(description="token is required (RFC 7662 section 2.1)"))
+    token = request.form["token"]
     inactive = jsonify({"active": False})
     try:
         claims = tokens.verify(token)
@@ -302,7 +306,9 @@ def introspect() -> Response:
 def revoke() -> Response:
     """RFC 7009: 200 whether or not the token was valid (section 2.2), effective on every worker at once."""
     caller = _caller()
-    token = request.form.get("token", "")
+    if "token" not in request.form:
+        return _oauth_error(InvalidRequestError(description="token is required (RFC 7009 section 2.1)"))
+    token = request.form["token"]
     try:
         claims = tokens.verify(token)
     except tokens.InvalidToken:

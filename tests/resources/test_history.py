@@ -105,3 +105,11 @@ def test_since_and_at(client):
     year = v1_time[:4]
     assert len(_get(client, f"/fhir/R4/Patient/{rid}/_history?_at={year}")["entry"]) == 2
     assert client.get("/fhir/R4/_history?_since=yesterday").status_code == 400
+
+
+def test_a_repeated_count_is_refused(client):
+    for path in ("/fhir/R4/_history", "/fhir/R4/Patient/_history"):
+        for query in ("_count=2&_count=x", "_count=2&_count=3"):
+            resp = client.get(f"{path}?{query}")
+            assert resp.status_code == 400, (path, query)
+            assert resp.get_json()["issue"][0]["expression"] == ["_count"]
