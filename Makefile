@@ -25,7 +25,7 @@ demo: install
 	$(DEMO_KEYS) $(BIN)/fhir-api demo-setup
 	$(DEMO_KEYS) $(BIN)/fhir-api seed --patients $(PATIENTS)
 	@echo ""
-	@echo "FHIR R4 API on http://$(HOST):$(PORT)/fhir/R4  (errors explained at http://$(HOST):$(PORT)/docs/errors)"
+	@echo "FHIR R4 API on http://$(HOST):$(PORT)/fhir/R4  (interactive docs at http://$(HOST):$(PORT)/docs)"
 	@echo "Every data request needs a SMART access token. In another terminal:"
 	@echo "  TOKEN=\$$($(BIN)/fhir-api token demo-hospital)      # or demo-gp, demo-insurer, demo-auditor"
 	@echo "  curl -s -H \"Authorization: Bearer \$$TOKEN\" http://$(HOST):$(PORT)/fhir/R4/Patient/pat-0001"

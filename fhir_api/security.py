@@ -41,6 +41,7 @@ CORS_EXPOSE_HEADERS = [
     "RateLimit-Policy",
     "Deprecation",
     "Sunset",
+    "Link",
 ]
 
 

@@ -103,6 +103,54 @@ def _operation(app: Flask, rule: Rule, doc: Doc) -> dict[str, Any]:
     return op
 
 
+def _deprecated(app: Flask, rule: Rule, method: str, op: dict[str, Any]) -> dict[str, Any]:
+    """``deprecated: true`` on the operations (or query parameters) that fhir_api/deprecation.py announces.
+
+    A path entry marks the operations whose every URL lies under its prefix; one that covers only some of a
+    rule's URLs (``/fhir/R4/Basic`` of ``/fhir/R4/{res_type}``) is announced by the headers alone.
+    """
+    from fhir_api import deprecation
+
+    key = operation_key(app, rule.endpoint)
+    fixed = rule.rule.split("<", 1)[0]
+    whole = fixed if fixed == rule.rule else fixed[: fixed.rfind("/") + 1]  # whole segments all URLs share
+    for entry in deprecation.entries(app):
+        if entry.methods and method.upper() not in entry.methods:
+            continue
+        if (entry.endpoint is not None and entry.endpoint != key) or (
+            entry.path is not None and not entry.covers_path(whole)
+        ):
+            continue
+        notice = " ".join(
+            part
+            for part in (
+                f"Deprecated since {entry.deprecated:%Y-%m-%d}"
+                + (f"; sunset {entry.sunset:%Y-%m-%d}, then 410 Gone." if entry.sunset else "."),
+                entry.note,
+                f"See {entry.href}",
+            )
+            if part
+        )
+        if entry.parameter is None:
+            op["deprecated"] = True
+            op["description"] = f"{op.get('description', '')}\n\n{notice}".strip()
+            if entry.sunset is not None:
+                op["responses"].setdefault("410", error_response_name(410))
+            continue
+        params: list[Any] = []
+        for name in op.get("parameters", []):
+            param = components.PARAMETERS.get(name) if isinstance(name, str) else None
+            if param is not None and param["in"] == "query" and param["name"] == entry.parameter:
+                name = {
+                    **param,
+                    "deprecated": True,
+                    "description": f"{param.get('description', '')} {notice}",
+                }
+            params.append(name)
+        op["parameters"] = params
+    return op
+
+
 def _path_parameters(plugin: FlaskPlugin, rule: Rule) -> list[dict[str, Any]]:
     return [components.path_parameter(p["name"], p) for p in plugin.rule_to_params(rule)]
 
@@ -151,7 +199,7 @@ def init_app(app: Flask, api: Api) -> None:
         path = plugin.flaskpath2openapi(path_rule.rule)
         for method in sorted(m.lower() for m in rule.methods - IGNORED_METHODS):
             if method not in operations[path]:
-                operations[path][method] = _operation(app, rule, doc)
+                operations[path][method] = _deprecated(app, rule, method, _operation(app, rule, doc))
                 served[key].append((path, method))
     for (path, method), operation_id in _operation_ids(served).items():
         operations[path][method]["operationId"] = operation_id
@@ -221,6 +269,7 @@ def build() -> dict[str, Any]:
     from fhir_api.config import DEFAULTS
 
     pinned = {k: DEFAULTS[k] for k in ("API_TITLE", "API_VERSION", "OPENAPI_VERSION")}
+    pinned["DEPRECATIONS"] = None  # an operator's FHIR_DEPRECATIONS: served, never committed
     app = create_app({"DATABASE_URL": "sqlite://", "PUBLIC_URL": None, "TESTING": True, **pinned})
     try:
         return document(app)

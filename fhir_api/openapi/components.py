@@ -901,7 +901,7 @@ def _security_schemes() -> dict[str, dict[str, Any]]:
             "scheme": "bearer",
             "bearerFormat": "JWT",
             "description": "An access token from /auth/token (a JWT signed by the key published at "
-            "/auth/jwks, valid at most 5 minutes), as Authorization: Bearer <token>.",
+            "/auth/jwks, valid at most 5 minutes), as `Authorization: Bearer <token>`.",
         },
     }
 

@@ -78,6 +78,8 @@ SEARCHSET = _ok(
     "A searchset Bundle page; its next link holds the cursor of the following page.", fhir_content("Bundle")
 )
 HISTORY = _ok("A history Bundle page, newest first.", fhir_content("Bundle"))
+HTML = {"text/html": {"schema": {"type": "string"}}}
+DOCS_NOT_MODIFIED = _ok("The client's copy is current (If-None-Match with the ETag of the last answer).")
 
 RESOURCE_BODY = _body(
     "A FHIR resource of the type in the URL.",
@@ -246,11 +248,10 @@ OPERATIONS: dict[str, Doc] = {
         {
             200: _ok("An access token.", {JSON: _schema("TokenResponse")}),
             400: _ok(
-                "An OAuth error (invalid_request, invalid_scope, unsupported_grant_type...).",
+                "An OAuth error (RFC 6749 section 5.2): invalid_request, invalid_client (the client could "
+                "not be authenticated), invalid_grant, invalid_scope, unauthorized_client, "
+                "unsupported_grant_type.",
                 {JSON: _schema("OAuthError")},
-            ),
-            401: _ok(
-                "The client could not be authenticated (invalid_client).", {JSON: _schema("OAuthError")}
             ),
         },
         body=_body(
@@ -276,7 +277,13 @@ OPERATIONS: dict[str, Doc] = {
         public=True,
     ),
     "auth.launch": Doc(
-        {200: _ok("The launch value to hand to the app.", {JSON: {"schema": {"type": "object"}}})},
+        {
+            200: _ok("The launch value to hand to the app.", {JSON: {"schema": {"type": "object"}}}),
+            400: _ok(
+                "An OAuth error: invalid_request (no patient) or invalid_client (the caller is not an EHR).",
+                {JSON: _schema("OAuthError")},
+            ),
+        },
         (401,),
         body=_body(
             "The context: patient (required) and encounter.",
@@ -290,16 +297,51 @@ OPERATIONS: dict[str, Doc] = {
     ),
     "auth.jwks": Doc({200: _ok("The JWK Set.", {JSON: _schema("JsonWebKeySet")})}, public=True),
     "auth.introspect": Doc(
-        {200: _ok("The token's state (RFC 7662).", {JSON: _schema("Introspection")})}, body=TOKEN_FORM
+        {
+            200: _ok("The token's state (RFC 7662).", {JSON: _schema("Introspection")}),
+            400: _ok("invalid_request: no token in the form.", {JSON: _schema("OAuthError")}),
+        },
+        body=TOKEN_FORM,
     ),
     "auth.revoke": Doc(
-        {200: _ok("Revoked, or nothing to do (RFC 7009 section 2.2): the same answer.")}, body=TOKEN_FORM
+        {
+            200: _ok("Revoked, or nothing to do (RFC 7009 section 2.2): the same answer."),
+            400: _ok("invalid_request: no token in the form.", {JSON: _schema("OAuthError")}),
+        },
+        body=TOKEN_FORM,
     ),
     # -- operations (fhir_api/health.py, fhir_api/docs.py) --
     "health.healthz": Doc({200: _ok("Alive.", {JSON: _schema("Liveness")})}, public=True),
     "health.readyz": Doc({200: _ok("Ready.", {JSON: _schema("Readiness")})}, (503,), public=True),
     "docs.errors_page": Doc(
         {200: _ok("The error catalogue.", {"text/html": {"schema": {"type": "string"}}})}, public=True
+    ),
+    "docs.deprecations_page": Doc(
+        {200: _ok("The deprecation notices and the versioning policy.", HTML)}, public=True
+    ),
+    "docs.ui": Doc(
+        {
+            200: _ok("The page (its scripts and styles are under /docs/assets).", HTML),
+            304: DOCS_NOT_MODIFIED,
+        },
+        public=True,
+    ),
+    "docs.ui_asset": Doc(
+        {
+            200: _ok(
+                "The file.",
+                {
+                    "text/javascript": {"schema": {"type": "string"}},
+                    "text/css": {"schema": {"type": "string"}},
+                    "text/html": {"schema": {"type": "string"}},
+                    "image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                },
+            ),
+            304: DOCS_NOT_MODIFIED,
+        },
+        (404,),
+        public=True,
     ),
     # -- the audit log (audit/views.py) --
     "audit.search": _AUDIT_SEARCH,

@@ -12,7 +12,8 @@ from fhir_api import create_app, openapi
 from tests.helpers import FHIR, empty_tables
 
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
-OAUTH_ENDPOINTS = {"/auth/token"}  # RFC 6749 errors, not OperationOutcome
+# RFC 6749 errors, not OperationOutcome
+OAUTH_ENDPOINTS = {"/auth/token", "/auth/launch", "/auth/introspect", "/auth/revoke"}
 
 
 @pytest.fixture(scope="module")
