@@ -112,8 +112,10 @@ def refuse(rest: str | None = None):
 def checkpoints():
     """Signed checkpoints of the chain (newest first) and the public key that verifies them."""
     _require_auditor("r")
-    count = request.args.get("_count", "100")
-    limit = min(int(count), 1000) if count.isdigit() else 100
+    counts = request.args.getlist("_count") or ["100"]
+    if len(counts) > 1 or not counts[0].isdigit() or int(counts[0]) < 1:
+        raise BadRequest("_count must be one positive integer (at most 1000)", expression="_count")
+    limit = min(int(counts[0]), 1000)
     rows = db.session().execute(
         select(Checkpoint.seq, Checkpoint.hash, Checkpoint.created, Checkpoint.jws)
         .order_by(Checkpoint.seq.desc())

@@ -187,6 +187,11 @@ def init_app(app: Flask) -> None:
     def _request_id() -> None:
         g.started = time.perf_counter()
         g.pop("_authenticated", None)  # in-process callers may reuse an app context: never a stale principal
+        pretty = request.args.getlist("_pretty")
+        if len(pretty) > 1 or (pretty and pretty[0].lower() not in ("true", "false")):
+            from fhir_api.errors import BadRequest
+
+            raise BadRequest("_pretty must be true or false (once)", expression="_pretty")
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid.uuid4())
 

@@ -171,7 +171,7 @@ OPERATIONS: dict[str, Doc] = {
     # -- FHIR RESTful interactions (resources/views.py) --
     "fhir.capabilities": Doc(
         {200: _ok("The CapabilityStatement.", fhir_content("CapabilityStatement"))},
-        NEGOTIATED,
+        (400, *NEGOTIATED),
         RENDERING,
         public=True,
     ),
@@ -350,7 +350,7 @@ OPERATIONS: dict[str, Doc] = {
     ),
     "audit.read": Doc(
         {200: _ok("The AuditEvent, exactly as recorded.", fhir_content("Resource"), "ETag")},
-        (403, 404, *NEGOTIATED),
+        (400, 403, 404, *NEGOTIATED),
         RENDERING,
     ),
     "audit.refuse": Doc(
@@ -364,7 +364,7 @@ OPERATIONS: dict[str, Doc] = {
     ),
     "audit.checkpoints": Doc(
         {200: _ok("The chain head and its signed checkpoints.", {JSON: _schema("AuditCheckpoints")})},
-        (403,),
+        (400, 403),
         ("checkpoint_count",),
     ),
     "audit.status": Doc({200: _ok("The chain's state.", {JSON: _schema("AuditStatus")})}, (403,)),

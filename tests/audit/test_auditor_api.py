@@ -123,6 +123,10 @@ def test_checkpoints_are_signed_with_the_published_key(log):
     payload = json.loads(jws.deserialize_compact(newest["jws"], key, algorithms=["Ed25519"]).payload)
     assert payload["seq"] == newest["seq"] and payload["hash"] == newest["hash"]
     assert body["head"]["seq"] >= newest["seq"]
+    assert len(auditor.get("/audit/checkpoints?_count=1").get_json()["checkpoints"]) == 1
+    for bad in ("0", "x", "-1", "1&_count=2"):
+        refused = auditor.get(f"/audit/checkpoints?_count={bad}")
+        assert refused.status_code == 400 and refused.get_json()["issue"][0]["expression"] == ["_count"]
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv", "bundle"])

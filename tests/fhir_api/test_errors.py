@@ -172,3 +172,12 @@ def test_every_linked_section_exists(client):
     page = client.get("/docs/errors").get_data(as_text=True)
     for cls in all_error_classes():
         assert f'id="{cls.slug}"' in page
+
+
+def test_pretty_must_be_true_or_false(client, anonymous):
+    assert client.get("/fhir/R4/Patient?_pretty=true").status_code == 200
+    assert client.get("/fhir/R4/Patient?_pretty=FALSE").status_code == 200
+    for query in ("_pretty=4611816655199", "_pretty=yes", "_pretty=true&_pretty=false"):
+        resp = anonymous.get(f"/fhir/R4/metadata?{query}")
+        assert resp.status_code == 400, query
+        assert resp.get_json()["issue"][0]["expression"] == ["_pretty"]
