@@ -77,8 +77,11 @@ def get(session: Session, job_id: str) -> ExportJob | None:
 
 def cancel(session: Session, job: ExportJob, files: FileStore) -> None:
     with db.write_transaction(session):
-        job.status = "cancelled"
-        job.finished = db.now()
+        # The row as it is now, locked: a runner finishing at this moment waits, then sees "cancelled".
+        locked = session.get(ExportJob, job.id, with_for_update=True, populate_existing=True)
+        if locked is not None:
+            locked.status = "cancelled"
+            locked.finished = db.now()
     files.delete(job.id)
 
 
@@ -108,7 +111,7 @@ def claim(session: Session, owner: str) -> str | None:
 def _renew(session: Session, job_id: str, owner: str, progress: int) -> bool:
     """Extend the lease and record progress; False when the job was cancelled or taken over."""
     with db.write_transaction(session):
-        job = session.get(ExportJob, job_id, with_for_update=True)
+        job = session.get(ExportJob, job_id, with_for_update=True, populate_existing=True)
         if job is None or job.status != "running" or job.lease_owner != owner:
             return False
         job.lease_until, job.progress = db.now() + LEASE, progress
@@ -203,7 +206,7 @@ def _run(session: Session, job: ExportJob, owner: str, files: FileStore) -> None
         if count:
             outputs.append({"type": res_type, "name": name, "count": count})
     with db.write_transaction(session):
-        current = session.get(ExportJob, job.id, with_for_update=True)
+        current = session.get(ExportJob, job.id, with_for_update=True, populate_existing=True)
         if current is None or current.status != "running" or current.lease_owner != owner:
             files.delete(job.id)
             return

@@ -231,3 +231,34 @@ def test_exports_are_audited(server, data):
     assert ("operation", "R") in kinds  # status polls
     assert ("export", "R") in kinds  # the download
     assert all(e["outcome"] == "0" for e in events)
+
+
+def test_a_cancel_is_seen_by_the_runner_that_loaded_the_job_before_it(app, tmp_path):
+    """The runner's session keeps objects across commits (expire_on_commit=False): its lease renewal and
+    its final step must read the row as it is now, or a finished export would overwrite a cancel."""
+    from fhir_api import db
+    from resources.bulk import jobs
+
+    app.config["EXPORT_DIR"] = str(tmp_path)
+    principal = {
+        "client_id": "c",
+        "role": "clinical-system",
+        "scope": "system/*.rs",
+        "jti": "j",
+        "subject": "c",
+    }
+    with app.app_context(), db.new_session() as runner, db.new_session() as other:
+        job = jobs.kick_off(
+            runner,
+            principal=principal,
+            level="system",
+            group_id=None,
+            types=["Patient"],
+            since=None,
+            type_filters={},
+            request_url="http://x/$export",
+        )
+        assert jobs.claim(runner, "owner-1") == job.id
+        runner.get(jobs.ExportJob, job.id)  # loaded as "running" in the runner's identity map
+        jobs.cancel(other, jobs.get(other, job.id), jobs.store(app))
+        assert jobs._renew(runner, job.id, "owner-1", 50) is False
