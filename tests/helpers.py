@@ -165,3 +165,48 @@ def empty_tables(url: str) -> None:
             if not table.name.startswith("audit_"):
                 conn.execute(table.delete())
     engine.dispose()
+
+
+# -- fail-closed audit and browsers (shared by several test files) -------------------------------------------
+def refuse_audit_inserts(app) -> None:
+    """The audit table refuses every insert (a full disk, a revoked grant): requests must fail closed."""
+    engine = app.extensions["fhir_db"]["engine"]
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER audit_refuse BEFORE INSERT ON audit_event "
+                    "BEGIN SELECT RAISE(ABORT, 'audit_event refuses inserts'); END"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                    "BEGIN RAISE EXCEPTION 'audit_event refuses inserts'; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER audit_refuse BEFORE INSERT ON audit_event "
+                    "FOR EACH ROW EXECUTE FUNCTION audit_refuse()"
+                )
+            )
+
+
+@contextmanager
+def headless_chromium(chromium: str, chromedriver: str) -> Iterator[Any]:
+    """Debian's chromium under selenium, headless, with the browser console kept for CSP checks."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1100"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

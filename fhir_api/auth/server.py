@@ -31,6 +31,7 @@ from fhir_api.auth.jwks_fetch import JwksFetchError, fetch_jwks
 from fhir_api.auth.keys import public_jwks
 from fhir_api.auth.models import AuthClient
 from fhir_api.auth.scopes import InvalidScope, grant
+from fhir_api.errors import NotFound
 from fhir_api.http import base_url
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -225,7 +226,7 @@ def authorize() -> Response:
     """SMART App Launch authorization endpoint: sign-in, consent and patient picker pages, then a redirect
     with the code (or an error) to the app's registered redirect URI."""
     if external.enabled():
-        return Response("Sign-in happens at the identity provider.", status=404, mimetype="text/plain")
+        raise NotFound("Resource-server mode: apps sign users in at the identity provider")
     return app_launch.authorize()
 
 

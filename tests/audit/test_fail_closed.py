@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from fhir_api import create_app
-from tests.helpers import FHIR, authorized_client, fresh_database, patient
+from tests.helpers import FHIR, authorized_client, fresh_database, patient, refuse_audit_inserts
 
 
 @pytest.fixture
@@ -19,27 +19,7 @@ def broken_audit(tmp_path) -> Iterator[tuple]:
         client = authorized_client(app)
         pid = client.post("/fhir/R4/Patient", json=patient(), headers={"Content-Type": FHIR}).get_json()["id"]
         engine = app.extensions["fhir_db"]["engine"]
-        with engine.begin() as conn:
-            if engine.dialect.name == "sqlite":
-                conn.execute(
-                    text(
-                        "CREATE TRIGGER audit_refuse BEFORE INSERT ON audit_event "
-                        "BEGIN SELECT RAISE(ABORT, 'audit_event refuses inserts'); END"
-                    )
-                )
-            else:
-                conn.execute(
-                    text(
-                        "CREATE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                        "BEGIN RAISE EXCEPTION 'audit_event refuses inserts'; END $$"
-                    )
-                )
-                conn.execute(
-                    text(
-                        "CREATE TRIGGER audit_refuse BEFORE INSERT ON audit_event "
-                        "FOR EACH ROW EXECUTE FUNCTION audit_refuse()"
-                    )
-                )
+        refuse_audit_inserts(app)
         yield app, client, pid
         engine.dispose()
 

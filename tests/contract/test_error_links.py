@@ -16,7 +16,16 @@ from sqlalchemy.exc import IntegrityError
 
 from fhir_api import create_app
 from fhir_api.errors import all_error_classes
-from tests.helpers import FHIR, authorized_client, create, created_id, empty_tables, fresh_database, patient
+from tests.helpers import (
+    FHIR,
+    authorized_client,
+    create,
+    created_id,
+    empty_tables,
+    fresh_database,
+    patient,
+    refuse_audit_inserts,
+)
 
 # Statuses the issue names, each of which must be provoked below (and 500 as well).
 REQUIRED = {400, 401, 403, 404, 405, 406, 409, 410, 412, 413, 414, 415, 422, 429, 431, 500, 503}
@@ -58,32 +67,6 @@ def make_app(database_url) -> Iterator[Callable[..., Any]]:
 def _execute(app, sql: str, **params: Any) -> None:
     with app.extensions["fhir_db"]["engine"].begin() as conn:
         conn.execute(text(sql), params)
-
-
-def _refuse_audit_inserts(app) -> None:
-    """The audit table refuses every insert (a full disk, a revoked grant): reads must fail closed (503)."""
-    engine = app.extensions["fhir_db"]["engine"]
-    with engine.begin() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.execute(
-                text(
-                    "CREATE TRIGGER audit_refuse BEFORE INSERT ON audit_event "
-                    "BEGIN SELECT RAISE(ABORT, 'audit_event refuses inserts'); END"
-                )
-            )
-        else:
-            conn.execute(
-                text(
-                    "CREATE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                    "BEGIN RAISE EXCEPTION 'audit_event refuses inserts'; END $$"
-                )
-            )
-            conn.execute(
-                text(
-                    "CREATE TRIGGER audit_refuse BEFORE INSERT ON audit_event "
-                    "FOR EACH ROW EXECUTE FUNCTION audit_refuse()"
-                )
-            )
 
 
 def _version_row(app, res_type: str, res_id: str) -> Any:
@@ -253,7 +236,7 @@ def _provoke(app, make_app, monkeypatch, tmp_path) -> list[tuple[str, int, str, 
         try:
             reader = authorized_client(broken)
             created = create(reader, patient())
-            _refuse_audit_inserts(broken)
+            refuse_audit_inserts(broken)
             add("audit refuses", 503, "audit-unavailable", reader.get(created.headers["Location"]))
         finally:
             broken.extensions["fhir_db"]["engine"].dispose()

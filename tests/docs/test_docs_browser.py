@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from fhir_api import create_app
-from tests.helpers import FHIR, fresh_database, mint_token, patient
+from tests.helpers import FHIR, fresh_database, headless_chromium, mint_token, patient
 from tests.live import live_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -38,17 +38,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1100"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
+    with headless_chromium(CHROMIUM, CHROMEDRIVER) as driver:
+        yield driver
 
 
 def _wait(driver, condition, timeout: float = 20):

@@ -166,7 +166,8 @@ def test_builtin_endpoints_are_off_and_discovery_points_at_the_provider(rs_app):
     token = http.post("/auth/token", data={"grant_type": "client_credentials"})
     assert token.status_code == 400 and token.get_json()["error"] == "unsupported_grant_type"
     assert ISSUER in token.get_json()["error_description"]
-    assert http.get("/auth/authorize").status_code == 404
+    authorize = http.get("/auth/authorize")
+    assert authorize.status_code == 404 and authorize.get_json()["resourceType"] == "OperationOutcome"
     conf = http.get("/fhir/R4/.well-known/smart-configuration").get_json()
     assert conf["issuer"] == ISSUER and conf["jwks_uri"] == JWKS_URL
     assert conf["token_endpoint"] == f"{ISSUER}/protocol/openid-connect/token"
