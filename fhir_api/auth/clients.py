@@ -73,11 +73,19 @@ def _check(reg: Registration) -> None:
 AuditHook = Callable[[Session, "AuthClient"], None]
 
 
+def new_client_id() -> str:
+    """A random id that never starts with '-' or '_': on a command line (`clients disable ID`) a leading
+    '-' would be read as an option."""
+    while not (client_id := secrets.token_urlsafe(18))[0].isalnum():
+        pass
+    return client_id
+
+
 def add_client(session: Session, reg: Registration, audit: AuditHook | None = None) -> AuthClient:
     """Register a client; ``audit`` records it in the same transaction (both commit or neither)."""
     _check(reg)
     client = AuthClient(
-        client_id=secrets.token_urlsafe(18),
+        client_id=new_client_id(),
         name=reg.name,
         role=reg.role,
         scope=reg.scope,

@@ -145,3 +145,9 @@ def test_users_add_and_list(cli):
         assert authenticate(s, "dr-lee", password + "x") is None
         assert authenticate(s, "nobody", password) is None
     app.extensions["fhir_db"]["engine"].dispose()
+
+
+def test_client_ids_never_look_like_options():
+    from fhir_api.auth.clients import new_client_id
+
+    assert all(new_client_id()[0].isalnum() for _ in range(2000))  # ~1 in 32 raw ids starts with - or _
