@@ -31,7 +31,7 @@ demo: install
 	@echo "  curl -s -H \"Authorization: Bearer \$$TOKEN\" http://$(HOST):$(PORT)/fhir/R4/Patient/pat-0001"
 	@echo "  curl -s http://$(HOST):$(PORT)/fhir/R4/.well-known/smart-configuration"
 	@echo ""
-	$(DEMO_KEYS) FHIR_PUBLIC_URL=http://$(HOST):$(PORT) \
+	$(DEMO_KEYS) FHIR_PUBLIC_URL=http://$(HOST):$(PORT) FHIR_SUBSCRIPTION_ALLOW_PRIVATE=true \
 		$(BIN)/fhir-api serve --host $(HOST) --port $(PORT) --workers 1 --threads 8
 
 test: install

@@ -36,6 +36,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from fhir_api.auth import guard, keys, revocation
     from fhir_api.auth import models as _auth_models  # noqa: F401 (tables for metadata and tests)
     from fhir_api.auth import server as auth_server
+    from resources import subscriptions
     from resources.bulk import views as bulk_views
     from resources.protection import service as protection
     from resources.protection.models import IndexKey as _IndexKey  # noqa: F401 (its table)
@@ -68,6 +69,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(bulk_views.blp)
     api.register_blueprint(metrics.blp)
     bulk_views.init_app(app)
+    subscriptions.init_app(app, api)
     app.register_blueprint(docs.bp)
     deprecation.init_app(app)  # after the last blueprint (it checks the routes named), before openapi
     openapi.init_app(app, api)  # after the last blueprint: documents every route above

@@ -495,6 +495,44 @@ def clients_disable(client_id: str) -> None:
     click.echo(f"disabled {client_id}")
 
 
+@main.group("subscriptions")
+def subscriptions_group() -> None:
+    """Subscriptions (rest-hook webhooks): their state, and a delivery worker of its own."""
+
+
+@subscriptions_group.command("list")
+@with_appcontext
+def subscriptions_list() -> None:
+    """Every subscription: id, owner, status, pending events, consecutive failures, criteria, error."""
+    from fhir_api import db as database
+    from resources.subscriptions import store
+
+    with database.new_session() as s:
+        for row in store.overview(s):
+            click.echo("\t".join(str(v) if v is not None else "" for v in row))
+
+
+@subscriptions_group.command("deliver")
+@with_appcontext
+def subscriptions_deliver() -> None:
+    """Match and deliver in this process until stopped (SIGTERM/Ctrl-C finish the attempt under way).
+
+    For hosts that deliver apart from the API processes (set FHIR_SUBSCRIPTION_WORKER=false there); any
+    number may run, on any host: leases keep them from sending the same event twice."""
+    import signal
+
+    from resources.subscriptions.delivery import Worker
+
+    worker = Worker(current_app._get_current_object())  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop_event.set())
+    click.echo("delivering subscriptions (Ctrl-C to stop)")
+    try:
+        worker.run_here()
+    except KeyboardInterrupt:
+        worker.stop_event.set()
+    click.echo("stopped")
+
+
 @main.command("demo-setup")
 @click.option("--key-dir", default="var/keys", show_default=True, type=click.Path(file_okay=False))
 @with_appcontext

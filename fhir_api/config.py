@@ -56,6 +56,16 @@ DEFAULTS: dict[str, Any] = {
     # Bulk $export: where files go (default ./var/exports), how often each process looks for jobs
     "EXPORT_DIR": None,
     "EXPORT_POLL_INTERVAL": 1.0,
+    # Subscriptions (rest-hook webhooks): each app process runs a worker thread that matches and delivers.
+    "SUBSCRIPTION_WORKER": True,
+    "SUBSCRIPTION_POLL_SECONDS": 0.25,
+    "SUBSCRIPTION_ALLOW_PRIVATE": False,  # private/loopback or plain-http endpoints (tests, demo)
+    "SUBSCRIPTION_TIMEOUT": 10,  # seconds an endpoint has to answer
+    "SUBSCRIPTION_MAX_FAILURES": 10,  # consecutive failures before the subscription shows status error
+    "SUBSCRIPTION_RETRY_HOURS": 72,  # an event is retried this long, then given up
+    "SUBSCRIPTION_BACKOFF_BASE": 5,  # seconds before the first retry; doubles, with jitter...
+    "SUBSCRIPTION_BACKOFF_CAP": 3600,  # ...up to this
+    "SUBSCRIPTION_SECRET_GRACE_HOURS": 24,  # after $rotate-secret, the old secret signs too this long
     # Authorization (SMART). The signing key has no default: `make demo` creates one under var/keys/.
     "AUTH_SIGNING_KEY_FILE": None,
     "AUTH_TOKEN_LIFETIME": 300,  # seconds, at most 300

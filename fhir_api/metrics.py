@@ -61,6 +61,28 @@ AUDIT_FAILURES = Counter(
 )
 
 
+SUBSCRIPTION_DELIVERIES = Counter(
+    "fhir_subscription_deliveries_total",
+    "Subscription delivery attempts by outcome (delivered, retry, failed)",
+    ["outcome"],
+)
+
+
+SUBSCRIPTION_STATUS = Counter(
+    "fhir_subscription_status_changes_total",
+    "Subscriptions the server moved to a status (error: the endpoint keeps failing; active: it recovered)",
+    ["status"],
+)
+
+
+def subscription_delivery(outcome: str) -> None:
+    SUBSCRIPTION_DELIVERIES.labels(outcome).inc()
+
+
+def subscription_status(status: str) -> None:
+    SUBSCRIPTION_STATUS.labels(status).inc()
+
+
 def rate_limited(role: str) -> None:
     RATE_LIMITED.labels(role).inc()
 

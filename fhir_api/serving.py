@@ -44,6 +44,8 @@ def gunicorn_options(
         "limit_request_fields": 100,
         "limit_request_field_size": 16384,
         "child_exit": _child_exit,
+        "post_worker_init": _post_worker_init,
+        "worker_exit": _worker_exit,
         **(overrides or {}),
     }
 
@@ -67,6 +69,21 @@ def _child_exit(_server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def _post_worker_init(worker: Any) -> None:
+    """The worker's background threads start now, not at its first request: a restarted server goes on
+    delivering subscriptions and chaining the audit log even before anyone calls it."""
+    from fhir_api import background
+
+    background.start(worker.wsgi)
+
+
+def _worker_exit(_server: Any, worker: Any) -> None:
+    """Let the subscription worker finish the delivery under way (and record it) before the process ends."""
+    from fhir_api import background
+
+    background.stop(worker.wsgi)
 
 
 class GunicornApp(BaseApplication):

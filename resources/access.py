@@ -48,6 +48,7 @@ class Access:
     types: frozenset[str] | None = None  # the role's ceiling on types, when it has one
     patient: str | None = None  # only this patient's compartment
     payor: str | None = None  # only patients covered by this Organization id (and its own Coverage)
+    owner: str | None = None  # the client: of the types clients own (Subscription), only its own
     unrestricted: bool = False
 
     # -- interaction checks ---------------------------------------------------------------------------
@@ -95,6 +96,11 @@ class Access:
     def _reach(self, ctx: Any, res_type: str, outer: Any, action: str) -> _Reach:
         free: list[ColumnElement[bool]] = []
         confined: list[ColumnElement[bool]] = []
+        if res_type in OWNED_TYPES:  # the client's own, whatever its patient or payor context
+            mine = OWNED_TYPES[res_type](self.owner, outer) if self.owner else false()
+            if any(r.permits(res_type, action) for r in self.rules):
+                return _Reach(None, [], mine)
+            return _Reach([], [], mine)
         covered = _covered_by(res_type, self.payor, outer) if self.payor is not None else None
         for rule in (r for r in self.rules if r.permits(res_type, action)):
             constraint = _constraint(ctx, res_type, outer, rule.query) if rule.query else None
@@ -155,6 +161,10 @@ class Access:
             self.payor is not None or any(r.query or r.patient_only for r in self.rules)
         )
 
+    def narrows(self, res_type: str) -> bool:
+        """``narrowed``, for one type: rows of an owned type are always someone's."""
+        return self.narrowed or (not self.unrestricted and res_type in OWNED_TYPES)
+
     def visible(self, session: Session, res_type: str, res_id: str, action: str = "r") -> bool:
         """Whether one current resource is within reach (a 404 otherwise: existence is not disclosed)."""
         from resources.search.query import SearchContext
@@ -168,6 +178,10 @@ class Access:
 
 
 UNRESTRICTED = Access(unrestricted=True)
+
+# Types whose rows belong to the client that created them: type -> (client id, Resource alias) -> the
+# condition that the row is that client's (registered by the owning feature, e.g. subscriptions).
+OWNED_TYPES: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)

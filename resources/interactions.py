@@ -7,6 +7,7 @@ indexes, encryption and audit rows that later plug in here commit together with 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,10 @@ from resources.search.results import run as run_search
 from resources.validation import validate
 
 _ONE_MS = timedelta(milliseconds=1)
+
+# res_type -> (session, current pointer or None, id, version, stamped resource or None for a delete) ->
+# the resource to store: a type's own rules on what clients write (Subscription: the server sets status).
+BEFORE_WRITE: dict[str, Callable[[Session, Any, str, int, dict[str, Any] | None], dict[str, Any] | None]] = {}
 
 
 def new_id() -> str:
@@ -77,6 +82,9 @@ def _store(
     if current is not None and when <= current.last_updated:  # keep lastUpdated monotonic per resource
         when = current.last_updated + _ONE_MS
     stamped = None if resource is None else stamp(resource, res_type, res_id, version, when)
+    hook = BEFORE_WRITE.get(res_type)
+    if hook is not None:
+        stamped = hook(repo.session, current, res_id, version, stamped)
     return repo.write(
         current,
         res_type=res_type,
@@ -101,7 +109,7 @@ def _integrity_conflict(exc: IntegrityError) -> Conflict:
 
 def _require_reach(repo: ResourceRepository, access: Access, res_type: str, res_id: str, action: str) -> None:
     """404 for a resource outside the token's reach: its existence is not disclosed."""
-    if access.narrowed and not access.visible(repo.session, res_type, res_id, action):
+    if access.narrows(res_type) and not access.visible(repo.session, res_type, res_id, action):
         raise NotFound(f"{res_type}/{res_id} is not known")
 
 
@@ -109,7 +117,7 @@ def _require_reach_after(
     repo: ResourceRepository, access: Access, res_type: str, res_id: str, action: str
 ) -> None:
     """Inside the write transaction: the written resource must still be within reach (else roll back)."""
-    if access.narrowed and not access.visible(repo.session, res_type, res_id, action):
+    if access.narrows(res_type) and not access.visible(repo.session, res_type, res_id, action):
         raise Forbidden(f"The access token may not write a {res_type} outside the patients it is limited to")
 
 
@@ -119,7 +127,7 @@ def create(
     _check_body_type(resource, res_type)
     res_id = new_id()  # a client-supplied id is ignored on create, as the spec requires
     prevalidate(resource, res_type, res_id)
-    with db.write_transaction(repo.session, single_batch=not access.narrowed):
+    with db.write_transaction(repo.session, single_batch=not access.narrows(res_type)):
         return create_in(repo, res_type, res_id, resource, access)
 
 
@@ -150,7 +158,8 @@ def vread(
     # reach first: a hidden resource and an absent one must answer alike (no version count leaks)
     _require_reach(repo, access, res_type, res_id, "r")
     # then the version itself, by its own content: one the token may not see reads as one that never was
-    visible = access.versions_condition(SearchContext(session=repo.session), "r") if access.narrowed else None
+    narrowed = access.narrows(res_type)
+    visible = access.versions_condition(SearchContext(session=repo.session), "r") if narrowed else None
     found = repo.vread(res_type, res_id, version, visible)
     if found is None:
         raise NotFound(f"{res_type}/{res_id} has no version {version}")
@@ -173,7 +182,7 @@ def update(
     check_update_body(resource, res_type, res_id)
     prevalidate(resource, res_type, res_id)
     try:
-        with db.write_transaction(repo.session, single_batch=not access.narrowed):
+        with db.write_transaction(repo.session, single_batch=not access.narrows(res_type)):
             return update_in(repo, res_type, res_id, resource, if_match, update_create, access)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
@@ -230,7 +239,7 @@ def patch(
 ) -> Stored:
     check_type(res_type)
     try:
-        with db.write_transaction(repo.session, single_batch=not access.narrowed):
+        with db.write_transaction(repo.session, single_batch=not access.narrows(res_type)):
             return patch_in(repo, res_type, res_id, document, merge=merge, if_match=if_match, access=access)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
@@ -339,7 +348,7 @@ def conditional_create(
     _check_body_type(resource, res_type)
     res_id = new_id()
     prevalidate(resource, res_type, res_id)
-    with db.write_transaction(repo.session, single_batch=not access.narrowed):
+    with db.write_transaction(repo.session, single_batch=not access.narrows(res_type)):
         existing = existing_match(repo, res_type, criteria, access)
         if existing is not None:
             return existing, False
@@ -375,7 +384,7 @@ def conditional_update(
     body_id = resource.get("id")
     prevalidate(resource, res_type, body_id or "placeholder")
     try:
-        with db.write_transaction(repo.session, single_batch=not access.narrowed):
+        with db.write_transaction(repo.session, single_batch=not access.narrows(res_type)):
             return conditional_update_in(
                 repo,
                 res_type,

@@ -24,7 +24,7 @@ DEMO_CLIENTS: dict[str, dict[str, Any]] = {
     "demo-gp": {"role": "clinical-system", "scope": "system/*.rs system/Observation.cruds"},
     "demo-insurer": {
         "role": "insurer",
-        "scope": "system/*.rs",
+        "scope": "system/*.rs system/Subscription.cruds",
         "organization": "Organization/org-insurer-1",
     },
     "demo-auditor": {"role": "auditor", "scope": "system/AuditEvent.rs"},

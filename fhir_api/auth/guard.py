@@ -136,7 +136,7 @@ def access_for(principal: Principal) -> Access:
     rules = tuple(
         Rule(
             s.res_type,
-            s.actions & ceiling.actions,
+            s.actions & ceiling.actions_for(s.res_type),
             s.query,
             patient_only=patient_role or s.context == "patient",
         )
@@ -152,7 +152,13 @@ def access_for(principal: Principal) -> Access:
         if not principal.organization:
             return Access()
         payor = principal.organization
-    return Access(rules=rules, types=ceiling.types, patient=patient or None, payor=payor)
+    return Access(
+        rules=rules,
+        types=ceiling.type_set(),
+        patient=patient or None,
+        payor=payor,
+        owner=principal.client_id,
+    )
 
 
 # Benchmarks only (FHIR_AUTH_ENFORCE=false, bench/auth.py): the price of token checks is measured against a

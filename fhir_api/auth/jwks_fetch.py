@@ -4,17 +4,16 @@ never from private, loopback or link-local addresses (no SSRF into the hospital 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
-import socket
 import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from flask import current_app
+
+from fhir_api import outbound
 
 MAX_BYTES = 64 * 1024
 TIMEOUT = 5.0
@@ -31,21 +30,12 @@ class JwksFetchError(Exception):
 
 
 def _check_address(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise JwksFetchError("the JWKS URL must be an absolute http(s) URL")
-    if current_app.config.get("AUTH_JWKS_ALLOW_PRIVATE"):
-        return
-    if parts.scheme != "https":
-        raise JwksFetchError("the JWKS URL must use https")
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except OSError:
-        raise JwksFetchError("the JWKS URL's host does not resolve") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global or address.is_multicast:
-            raise JwksFetchError("the JWKS URL points at a private, loopback or link-local address")
+        outbound.check(
+            url, allow_private=bool(current_app.config.get("AUTH_JWKS_ALLOW_PRIVATE")), what="the JWKS URL"
+        )
+    except outbound.UnsafeTarget as exc:
+        raise JwksFetchError(str(exc)) from None
 
 
 def _ttl(headers: Any) -> float:

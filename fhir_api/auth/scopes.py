@@ -61,22 +61,34 @@ class RoleCeiling:
     actions: frozenset[str]
     other: frozenset[str] = frozenset()
     type_order: tuple[str, ...] = ()
+    # Types a role manages for itself whatever its data ceiling (its own Subscriptions: every role that
+    # may subscribe sees and changes only the ones its client created). Granted only when named: a ``*``
+    # request does not reach them under a ceiling with listed types.
+    own: frozenset[str] = frozenset()
 
     def expand(self, res_type: str) -> tuple[str, ...]:
         """The concrete types a requested type stands for under this ceiling (empty if none allowed)."""
-        if self.types is None:
+        if self.types is None or res_type in self.own:
             return (res_type,)
         if res_type != "*":
             return (res_type,) if res_type in self.types else ()
         listed = tuple(t for t in self.type_order if t in self.types)
         return listed + tuple(sorted(self.types.difference(listed)))
 
+    def actions_for(self, res_type: str) -> frozenset[str]:
+        return frozenset(ACTIONS) if res_type in self.own else self.actions
+
+    def type_set(self) -> frozenset[str] | None:
+        """Every type this role can reach (None: any), its own managed types included."""
+        return None if self.types is None else self.types | self.own
+
 
 _INSURER_TYPES = ("Patient", "Coverage", "Claim", "ClaimResponse", "ExplanationOfBenefit")
+_OWN = frozenset({"Subscription"})
 
 ROLE_CEILINGS: dict[str, RoleCeiling] = {
     "clinical-system": RoleCeiling(
-        contexts=frozenset({"system"}), types=None, actions=frozenset(ACTIONS), other=frozenset()
+        contexts=frozenset({"system"}), types=None, actions=frozenset(ACTIONS), other=frozenset(), own=_OWN
     ),
     "clinician": RoleCeiling(
         contexts=frozenset({"user", "patient"}),
@@ -110,6 +122,7 @@ ROLE_CEILINGS: dict[str, RoleCeiling] = {
         actions=frozenset("rs"),
         other=frozenset(),
         type_order=_INSURER_TYPES,
+        own=_OWN,
     ),
     "auditor": RoleCeiling(
         contexts=frozenset({"system"}),
@@ -244,7 +257,7 @@ def grant(requested: str, registered: str, role: str) -> str:
             for reg in registered_scopes:
                 if _covers(reg, scope, res_type, scope.query):
                     allowed |= reg.actions
-            actions = scope.actions & allowed & ceiling.actions
+            actions = scope.actions & allowed & ceiling.actions_for(res_type)
             if not actions:
                 continue
             if _is_v1(scope) and actions == scope.actions and res_type == scope.res_type:

@@ -98,6 +98,20 @@ def _schemas() -> dict[str, dict[str, Any]]:
             },
             "additionalProperties": True,
         },
+        "Parameters": {
+            "type": "object",
+            "description": "A Parameters resource (http://hl7.org/fhir/R4/parameters.html): the input or "
+            "output of an operation.",
+            "required": ["resourceType"],
+            "properties": {
+                "resourceType": {"const": "Parameters"},
+                "parameter": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["name"], "additionalProperties": True},
+                },
+            },
+            "additionalProperties": True,
+        },
         "Bundle": {
             "type": "object",
             "description": "A Bundle (http://hl7.org/fhir/R4/bundle.html): searchset and history pages, "
@@ -725,6 +739,23 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         "patient", "Events about this patient (Patient/<id> or <id>).", examples=["Patient/pat-0001"]
     ),
     "audit_client": _query("client", "Events of this client (client_id)."),
+    "eventsSinceNumber": _query(
+        "eventsSinceNumber", "The log from this event number on.", {"type": "integer", "minimum": 1}
+    ),
+    "eventsUntilNumber": _query(
+        "eventsUntilNumber", "The log up to this event number.", {"type": "integer", "minimum": 1}
+    ),
+    "events_count": _query(
+        "_count", "Events per page (at most 1000).", {"type": "integer", "minimum": 1, "default": 100}
+    ),
+    "replay_eventNumber": _query(
+        "eventNumber",
+        "Send this event again (or give it in a Parameters body).",
+        {"type": "integer", "minimum": 1},
+    ),
+    "replay_since": _query(
+        "since", "Send every event queued since this instant again.", examples=["2024-01-01T00:00:00Z"]
+    ),
     "checkpoint_count": _query(
         "_count", "How many checkpoints (at most 1000).", {"type": "integer", "minimum": 1, "default": 100}
     ),

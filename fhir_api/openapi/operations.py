@@ -408,5 +408,41 @@ OPERATIONS: dict[str, Doc] = {
         (404,),
     ),
     "bulk.cancel": Doc({202: _ok("Cancelled (or its files deleted); its status now answers 404.")}, (404,)),
+    # -- Subscription operations (resources/subscriptions/views.py) --
+    "subscriptions.events": Doc(
+        {
+            200: _ok(
+                "The delivery log: a Parameters resource with the subscription's status and one "
+                "notification-event part per event (attempts, status codes, latency, next retry).",
+                fhir_content("Parameters"),
+            )
+        },
+        (400, 403, 404, *NEGOTIATED),
+        ("eventsSinceNumber", "eventsUntilNumber", "events_count", *RENDERING),
+    ),
+    "subscriptions.replay": Doc(
+        {
+            202: _ok(
+                "Queued again: a Parameters resource with the count replayed.", fhir_content("Parameters")
+            )
+        },
+        (400, 403, 404, *NEGOTIATED, *WITH_BODY),
+        ("replay_eventNumber", "replay_since", *RENDERING),
+        _body(
+            "Optional: a Parameters resource with eventNumber or since (else the query names one).",
+            fhir_content("Parameters"),
+            required=False,
+        ),
+    ),
+    "subscriptions.rotate_secret": Doc(
+        {
+            200: _ok(
+                "The new signing secret, shown this once, and until when the old one still signs.",
+                fhir_content("Parameters"),
+            )
+        },
+        (403, 404, *NEGOTIATED),
+        RENDERING,
+    ),
     "bulk.download": Doc({200: _ok("One output file.", {NDJSON: {"schema": {"type": "string"}}})}, (404,)),
 }

@@ -26,6 +26,7 @@ PAGES = [
     "search.md",
     "errors.md",
     "audit-and-encryption.md",
+    "subscriptions.md",
     "samples/README.md",
 ]
 CODE_DIRS = ("fhir_api", "audit", "crypto", "resources", "seed")

@@ -27,6 +27,7 @@ from joserfc import jwt
 
 from fhir_api import create_app
 from fhir_api.cli import main
+from resources.subscriptions import signing
 from tests.helpers import empty_tables, new_client_key, register_client
 from tests.live import live_server
 
@@ -49,6 +50,7 @@ EXERCISED = {
     "python/fhirclient_backend.py": "test_python_fhirclient",
     "python/fhirpy_crud.py": "test_python_fhirpy",
     "python/audit_export.py": "test_python_audit_export",
+    "python/verify_webhook.py": "test_documented_verification_matches_the_server",
     "curl/get_token.sh": "test_curl_samples",
     "curl/create.sh": "test_curl_samples",
     "curl/read.sh": "test_curl_samples",
@@ -385,6 +387,42 @@ def test_js_samples(world, auditor_token):
     out = node("audit_export.mjs", TOKEN=js_auditor, PATIENT=f"Patient/{pid}", OUTPUT="js-audit.ndjson")
     assert re.search(r"exported [1-9]\d* audit events", out), out
     assert "manifest signature: ok" in out and "manifest sha256: ok" in out
+
+
+# -- the documented receiver code for signed subscription notifications --------------------------------------
+BODY = b'{"resourceType":"Bundle","type":"history","entry":[{"resource":{"valueQuantity":{"value":1.50}}}]}'
+VERIFIERS = [pytest.param([sys.executable, str(PY / "verify_webhook.py")], id="python")]
+VERIFIERS.append(
+    pytest.param(
+        [NODE or "node", str(JS / "verify_webhook.js")],
+        id="javascript",
+        marks=pytest.mark.skipif(NODE is None, reason="node is not installed"),
+    )
+)
+
+
+def _run_verifier(command: list[str], secret: str, headers: dict[str, str], body: bytes) -> bool:
+    done = subprocess.run(
+        [*command, secret, headers["X-Timestamp"], headers["X-Signature"]],
+        input=body,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.parametrize("command", VERIFIERS)
+def test_documented_verification_matches_the_server(command):
+    secret, old = signing.new_secret(), signing.new_secret()
+    headers = signing.headers([secret], BODY)
+    assert _run_verifier(command, secret, headers, BODY)
+    assert not _run_verifier(command, secret, headers, BODY.replace(b"1.50", b"1.5"))
+    assert not _run_verifier(command, signing.new_secret(), headers, BODY)
+    stale = signing.headers([secret], BODY, now=time.time() - 3600)
+    assert not _run_verifier(command, secret, stale, BODY)
+    rotating = signing.headers([secret, old], BODY)  # both secrets sign during a rotation
+    assert _run_verifier(command, secret, rotating, BODY) and _run_verifier(command, old, rotating, BODY)
 
 
 # -- coverage of the samples themselves --------------------------------------------------------------------

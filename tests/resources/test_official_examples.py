@@ -48,6 +48,16 @@ def _without_server_meta(resource: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _as_stored(sent: dict[str, Any]) -> dict[str, Any]:
+    """What the server keeps of an example: a Subscription's status is the server's to set (active, or off
+    when asked), its error note too, and header values are never stored in clear."""
+    if sent.get("resourceType") != "Subscription":
+        return sent
+    from resources.subscriptions.definition import redacted
+
+    return redacted(sent, "off" if sent.get("status") == "off" else "active", None)
+
+
 def test_every_official_example_round_trips_or_is_refused(client, shared_fhir):
     refused: dict[str, tuple[int, str]] = {}
     accepted = 0
@@ -58,7 +68,7 @@ def test_every_official_example_round_trips_or_is_refused(client, shared_fhir):
         resp = client.put(url, data=raw, content_type="application/fhir+json")
         if resp.status_code in (200, 201):
             stored = simplejson.loads(client.get(url).get_data(), use_decimal=True)
-            assert _without_server_meta(stored) == _without_server_meta(sent), path.name
+            assert _without_server_meta(stored) == _without_server_meta(_as_stored(sent)), path.name
             accepted += 1
         else:
             outcome = resp.get_json(force=True)

@@ -262,8 +262,10 @@ def test_role_ceilings():
         actions=frozenset("rs"),
         other=frozenset(),
         type_order=("Patient", "Coverage", "Claim", "ClaimResponse", "ExplanationOfBenefit"),
+        own=frozenset({"Subscription"}),
     )
     assert ROLE_CEILINGS["admin"].contexts == frozenset()
+    assert ROLE_CEILINGS["auditor"].own == ROLE_CEILINGS["patient"].own == frozenset()
     assert ROLE_CEILINGS["clinician"].types is None
     assert ROLE_CEILINGS["patient"].actions == frozenset("rs")
 
@@ -293,6 +295,15 @@ CLINICIAN_OTHER = (
             "system/*.*",
         ),
         ("openid fhirUser system/*.rs", "openid fhirUser system/*.rs", "clinical-system", "system/*.rs"),
+        # Subscriptions: an insurer manages its own when registered for them by name; a * does not reach them.
+        (
+            "system/*.rs system/Subscription.cruds",
+            "system/*.rs system/Subscription.cruds",
+            "insurer",
+            INSURER_ALL + " system/Subscription.cruds",
+        ),
+        ("system/*.*", "system/*.*", "insurer", INSURER_ALL),
+        ("system/Subscription.cruds", "system/AuditEvent.rs", "auditor", ""),
         # clinician: user and patient contexts, identity scopes.
         ("system/*.*", "system/*.* user/*.*", "clinician", ""),
         ("user/*.* patient/*.*", "user/*.* patient/*.*", "clinician", "user/*.* patient/*.*"),

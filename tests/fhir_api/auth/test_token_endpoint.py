@@ -20,6 +20,7 @@ import requests_mock
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
+from fhir_api import outbound
 from fhir_api.auth import jwks_fetch
 from fhir_api.auth.keys import signing_key
 from tests.helpers import client_assertion, mint_token, new_client_key, register_client
@@ -556,7 +557,7 @@ def resolver(monkeypatch) -> list[str]:
         return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (PUBLIC_ADDRESS, port))]
 
     fake = SimpleNamespace(getaddrinfo=getaddrinfo, IPPROTO_TCP=socket.IPPROTO_TCP)
-    monkeypatch.setattr(jwks_fetch, "socket", fake)
+    monkeypatch.setattr(outbound, "socket", fake)
     return looked_up
 
 
@@ -652,7 +653,7 @@ def test_public_name_resolving_to_private_address_is_refused(app, anonymous, mon
             (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("10.0.0.7", port)),
         ]
 
-    monkeypatch.setattr(jwks_fetch, "socket", SimpleNamespace(getaddrinfo=getaddrinfo, IPPROTO_TCP=6))
+    monkeypatch.setattr(outbound, "socket", SimpleNamespace(getaddrinfo=getaddrinfo, IPPROTO_TCP=6))
     be = _url_backend(app)
     with requests_mock.Mocker() as m:
         m.get(requests_mock.ANY, json=be.jwks)

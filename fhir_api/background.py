@@ -1,0 +1,35 @@
+"""The background threads of one app process: the audit chainer, the export runner and the subscription
+worker. Each starts once per process (after gunicorn forked it); tests start none (they run the steps)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+
+def _flask_app(app: Any) -> Flask | None:
+    return app if isinstance(app, Flask) else None
+
+
+def start(app: Any) -> None:
+    app = _flask_app(app)
+    if app is None:
+        return
+    from audit import chain
+    from resources.bulk import jobs
+    from resources.subscriptions import delivery
+
+    chain.start_chainer(app)
+    jobs.start_runner(app)
+    delivery.start_worker(app)
+
+
+def stop(app: Any) -> None:
+    """Stop what must not be cut off mid-way (a delivery between sending and recording it)."""
+    app = _flask_app(app)
+    if app is None:
+        return
+    worker = app.extensions.get("fhir_subscriptions", {}).get("worker")
+    if worker is not None:
+        worker.stop()

@@ -1,0 +1,39 @@
+"""Subscriptions as signed webhooks (R4 ``rest-hook``): matching on every write, a durable queue in the
+database, ordered and signed delivery with retries, a delivery log, replay and endpoint health.
+
+How the parts fit: ``hooks`` checks a Subscription as it is written and puts the outbox row of every
+write in that write's transaction; ``dispatch`` turns changes into numbered events per subscription;
+``delivery`` sends them (``Worker``: a thread per app process, or ``fhir-api subscriptions deliver``);
+``views`` serves the log, replay and secret rotation to the owner.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, g
+
+from resources.subscriptions import models as _models  # noqa: F401 (its tables)
+
+
+def init_app(app: Flask, api: object) -> None:
+    from resources.access import OWNED_TYPES
+    from resources.interactions import BEFORE_WRITE
+    from resources.repository import WRITE_LISTENERS
+    from resources.subscriptions import delivery, hooks, store, views
+
+    BEFORE_WRITE["Subscription"] = hooks.before_write
+    OWNED_TYPES["Subscription"] = store.owned
+    if not any(isinstance(x, hooks.Listener) for x in WRITE_LISTENERS):
+        WRITE_LISTENERS.append(hooks.LISTENER)
+    api.register_blueprint(views.blp)  # type: ignore[attr-defined]
+
+    @app.before_request
+    def _worker() -> None:
+        delivery.start_worker(app)  # once per process, after gunicorn forked it
+
+    @app.after_request
+    def _secret(resp: Response) -> Response:
+        secret = g.pop("subscription_secret", None)
+        if secret is not None and resp.status_code in (200, 201):
+            # the signing secret, shown this once (rotate it with $rotate-secret)
+            resp.headers["X-Subscription-Secret"] = secret
+        return resp

@@ -1,0 +1,92 @@
+"""Subscriptions end to end in one process: create, match, sign, deliver, retry, error, recover."""
+
+from __future__ import annotations
+
+import json
+
+from resources.subscriptions import signing
+from tests.helpers import created_id
+from tests.resources.subscriptions.conftest import pump
+
+FHIR = "application/fhir+json"
+
+
+def subscription(endpoint: str, criteria: str = "Observation?code=http://loinc.org|8867-4", **channel):
+    return {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "test",
+        "criteria": criteria,
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": FHIR, **channel},
+    }
+
+
+def observation(code: str = "8867-4", patient: str | None = None):
+    body = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+    }
+    if patient:
+        body["subject"] = {"reference": f"Patient/{patient}"}
+    return body
+
+
+def test_matching_writes_arrive_signed_in_order(app, subscriber, receiver):
+    resp = subscriber.post("/fhir/R4/Subscription", json=subscription(receiver.url))
+    assert resp.status_code == 201, resp.get_json()
+    secret = resp.headers["X-Subscription-Secret"]
+    sub_id = created_id(resp)
+    assert subscriber.get(f"/fhir/R4/Subscription/{sub_id}").get_json()["status"] == "active"
+
+    wanted = [created_id(subscriber.post("/fhir/R4/Observation", json=observation())) for _ in range(3)]
+    subscriber.post("/fhir/R4/Observation", json=observation(code="1234-5"))  # not matching
+    pump(app)
+
+    assert len(receiver.received) == 3
+    numbers = []
+    for headers, body in receiver.received:
+        assert signing.verify(secret, headers["X-Timestamp"], headers["X-Signature"], body)
+        bundle = json.loads(body)
+        status = bundle["entry"][0]["resource"]
+        numbers.append(int(headers["X-Event-Number"]))
+        assert status["resourceType"] == "Parameters"
+        assert bundle["entry"][1]["resource"]["resourceType"] == "Observation"
+    assert numbers == [1, 2, 3]
+    assert [json.loads(b)["entry"][1]["resource"]["id"] for _, b in receiver.received] == wanted
+
+
+def test_receiver_down_then_up_gets_everything_once_in_order(app, subscriber, receiver):
+    receiver.answers = [503, 503, 503, 200]
+    sub_id = created_id(subscriber.post("/fhir/R4/Subscription", json=subscription(receiver.url)))
+    for _ in range(4):
+        subscriber.post("/fhir/R4/Observation", json=observation())
+    pump(app, rounds=60)
+    numbers = [int(h["X-Event-Number"]) for h, _ in receiver.received]
+    assert numbers == [1, 2, 3, 4]
+    log = subscriber.get(f"/fhir/R4/Subscription/{sub_id}/$events").get_json()
+    events = [p for p in log["parameter"] if p["name"] == "notification-event"]
+    first = {p["name"]: p for p in events[0]["part"]}
+    assert first["delivery-status"]["valueCode"] == "delivered"
+    assert first["attempts"]["valueInteger"] == 4
+    codes = [
+        {q["name"]: q for q in a["part"]}["status-code"]["valueInteger"]
+        for a in events[0]["part"]
+        if a["name"] == "attempt"
+    ]
+    assert codes == [503, 503, 503, 200]
+
+
+def test_receiver_gone_for_good_ends_in_error(app, subscriber, receiver):
+    receiver.answers = [503]
+    sub_id = created_id(subscriber.post("/fhir/R4/Subscription", json=subscription(receiver.url)))
+    subscriber.post("/fhir/R4/Observation", json=observation())
+    pump(app, rounds=40, max_failures=3)
+    sub = subscriber.get(f"/fhir/R4/Subscription/{sub_id}").get_json()
+    assert sub["status"] == "error"
+    assert "3 consecutive deliveries failed" in sub["error"]
+    # the endpoint comes back: the next retry succeeds and the subscription is active again
+    receiver.answers = [200]
+    pump(app, rounds=40, max_failures=3)
+    assert subscriber.get(f"/fhir/R4/Subscription/{sub_id}").get_json()["status"] == "active"
+    assert len(receiver.received) == 1
