@@ -52,6 +52,7 @@ class Settings:
     lease: timedelta
     allow_private: bool
     secret_grace: timedelta
+    client_cert: tuple[str, str] | None = None  # (certificate, key) files presented for mutual TLS
 
     @classmethod
     def of(cls, config: Any) -> Settings:
@@ -64,6 +65,9 @@ class Settings:
             lease=timedelta(seconds=float(config.get("SUBSCRIPTION_LEASE", 120))),
             allow_private=bool(config.get("SUBSCRIPTION_ALLOW_PRIVATE")),
             secret_grace=timedelta(hours=float(config.get("SUBSCRIPTION_SECRET_GRACE_HOURS", 24))),
+            client_cert=(config["SUBSCRIPTION_CLIENT_CERT"], config["SUBSCRIPTION_CLIENT_KEY"])
+            if config.get("SUBSCRIPTION_CLIENT_CERT") and config.get("SUBSCRIPTION_CLIENT_KEY")
+            else None,
         )
 
 
@@ -111,7 +115,13 @@ def post(url: str, body: bytes, headers: dict[str, str], s: Settings) -> Outcome
     try:
         target = outbound.check(url, allow_private=s.allow_private, what="The endpoint")
         resp, _ = outbound.send(
-            "POST", target, headers=headers, data=body, timeout=s.timeout, max_bytes=MAX_RESPONSE_BYTES
+            "POST",
+            target,
+            headers=headers,
+            data=body,
+            timeout=s.timeout,
+            max_bytes=MAX_RESPONSE_BYTES,
+            cert=s.client_cert if url.startswith("https:") else None,
         )
     except outbound.UnsafeTarget as exc:
         return Outcome(None, str(exc), _ms(started))

@@ -104,3 +104,12 @@ def test_plain_http_and_credentials_are_refused():
         outbound.check("http://hooks.example.org/in", allow_private=False)
     with pytest.raises(outbound.UnsafeTarget):
         outbound.check("https://user:pw@hooks.example.org/in", allow_private=True)
+
+
+def test_the_server_certificate_is_presented_for_mutual_tls():
+    with requests_mock.Mocker() as m:
+        m.post(URL, status_code=200)
+        post(URL, b"{}", {}, settings(client_cert=("/etc/fhir/client.pem", "/etc/fhir/client.key")))
+        assert m.last_request.cert == ("/etc/fhir/client.pem", "/etc/fhir/client.key")
+        post(URL, b"{}", {}, settings())
+        assert m.last_request.cert is None
