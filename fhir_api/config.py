@@ -127,3 +127,11 @@ def normalise_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def flag(value: object) -> bool:
+    """A boolean setting as an operator may write it: ``FHIR_X=False``, ``no`` or ``off`` are false (the
+    environment's values arrive as strings unless they are JSON, and ``bool("False")`` is true)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

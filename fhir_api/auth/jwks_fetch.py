@@ -14,6 +14,7 @@ import requests
 from flask import current_app
 
 from fhir_api import outbound
+from fhir_api.config import flag
 
 MAX_BYTES = 64 * 1024
 TIMEOUT = 5.0
@@ -32,7 +33,7 @@ class JwksFetchError(Exception):
 def _check_address(url: str) -> None:
     try:
         outbound.check(
-            url, allow_private=bool(current_app.config.get("AUTH_JWKS_ALLOW_PRIVATE")), what="the JWKS URL"
+            url, allow_private=flag(current_app.config.get("AUTH_JWKS_ALLOW_PRIVATE")), what="the JWKS URL"
         )
     except outbound.UnsafeTarget as exc:
         raise JwksFetchError(str(exc)) from None

@@ -32,8 +32,13 @@ def init_app(app: Flask, api: object) -> None:
 
     @app.after_request
     def _secret(resp: Response) -> Response:
-        secret = g.pop("subscription_secret", None)
-        if secret is not None and resp.status_code in (200, 201):
-            # the signing secret, shown this once (rotate it with $rotate-secret)
-            resp.headers["X-Subscription-Secret"] = secret
+        """The signing secret of each Subscription the request created, shown this once (a new one:
+        $rotate-secret). One: ``X-Subscription-Secret``; several (a Bundle): ``X-Subscription-Secrets``
+        with ``<id>=<secret>`` pairs."""
+        secrets = g.pop("subscription_secrets", None)
+        if secrets and resp.status_code in (200, 201):
+            if len(secrets) == 1:
+                resp.headers["X-Subscription-Secret"] = next(iter(secrets.values()))
+            else:
+                resp.headers["X-Subscription-Secrets"] = ", ".join(f"{k}={v}" for k, v in secrets.items())
         return resp

@@ -29,6 +29,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from fhir_api import db, outbound
+from fhir_api.config import flag
 from fhir_api.errors import FhirError
 from resources import interactions
 from resources.repository import ResourceRepository
@@ -63,7 +64,7 @@ class Settings:
             backoff_base=float(config.get("SUBSCRIPTION_BACKOFF_BASE", 5)),
             backoff_cap=float(config.get("SUBSCRIPTION_BACKOFF_CAP", 3600)),
             lease=timedelta(seconds=float(config.get("SUBSCRIPTION_LEASE", 120))),
-            allow_private=bool(config.get("SUBSCRIPTION_ALLOW_PRIVATE")),
+            allow_private=flag(config.get("SUBSCRIPTION_ALLOW_PRIVATE")),
             secret_grace=timedelta(hours=float(config.get("SUBSCRIPTION_SECRET_GRACE_HOURS", 24))),
             client_cert=(config["SUBSCRIPTION_CLIENT_CERT"], config["SUBSCRIPTION_CLIENT_KEY"])
             if config.get("SUBSCRIPTION_CLIENT_CERT") and config.get("SUBSCRIPTION_CLIENT_KEY")
@@ -148,10 +149,13 @@ def deliver_once(session: Session, s: Settings, stop: threading.Event | None = N
     me = owner_name()
     with db.write_transaction(session):
         leased = store.claim(session, me, db.now(), s.lease, limit=8)
+    # stop taking events while an attempt could still finish before the lease runs out (else another
+    # process could take the subscription over and send the same event concurrently)
+    deadline = time.monotonic() + s.lease.total_seconds() - s.timeout - 5
     attempts = 0
     for sub_id in leased:
         try:
-            attempts += _work(session, sub_id, me, s, stop)
+            attempts += _work(session, sub_id, me, s, stop, deadline)
         finally:
             if session.in_transaction():
                 session.rollback()
@@ -160,10 +164,12 @@ def deliver_once(session: Session, s: Settings, stop: threading.Event | None = N
     return attempts
 
 
-def _work(session: Session, sub_id: str, me: str, s: Settings, stop: threading.Event | None) -> int:
+def _work(
+    session: Session, sub_id: str, me: str, s: Settings, stop: threading.Event | None, deadline: float
+) -> int:
     attempts = 0
     for _ in range(PER_LEASE):
-        if stop is not None and stop.is_set():
+        if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
             break
         sub = store.get(session, sub_id)
         if sub is None or sub.status not in store.LIVE or sub.lease_owner != me:
@@ -337,11 +343,7 @@ class Worker:
 
 def start_worker(app: Flask) -> Worker | None:
     """Once per process (after gunicorn forked it); never under tests, which run the steps themselves."""
-    if (
-        app.testing
-        or not app.config.get("SUBSCRIPTION_WORKER", True)
-        or str(app.config.get("SUBSCRIPTION_WORKER")).lower() in ("false", "0", "no")
-    ):
+    if app.testing or not flag(app.config.get("SUBSCRIPTION_WORKER", True)):
         return None
     import atexit
     import os

@@ -30,6 +30,8 @@ _CHUNK = 200  # ids per matching query
 def dispatch_once(session: Session, limit: int = BATCH) -> int:
     """Match and queue up to ``limit`` changes; returns how many changes were taken."""
     with db.write_transaction(session):
+        if not store.dispatcher_lock(session):
+            return 0  # another process is matching: events are numbered by one at a time
         changes = store.changes(session, limit)
         if not changes:
             return 0

@@ -17,6 +17,7 @@ from flask import current_app, g, has_request_context
 from sqlalchemy.orm import Session
 
 from fhir_api import db
+from fhir_api.config import flag
 from fhir_api.db import Batch
 from fhir_api.errors import FhirError, Unprocessable
 from resources.dates import parse_range
@@ -27,7 +28,7 @@ SERVER_OWNER = "fhir-api-server"
 
 
 def allow_private() -> bool:
-    return bool(current_app.config.get("SUBSCRIPTION_ALLOW_PRIVATE"))
+    return flag(current_app.config.get("SUBSCRIPTION_ALLOW_PRIVATE"))
 
 
 def _principal() -> dict[str, Any]:
@@ -110,7 +111,7 @@ def before_write(
         )
         pending[res_id] = (store.INSERT_STATE, [values])
         if has_request_context():
-            g.subscription_secret = secret
+            g.setdefault("subscription_secrets", {})[res_id] = secret
     else:
         kept = dict(sealed.open_headers(res_id, state.data_key, state.headers))
         headers = []

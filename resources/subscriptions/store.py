@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, exists, func, insert, literal_column, or_, select, update
+from sqlalchemy import bindparam, delete, exists, func, insert, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from resources.subscriptions.models import (
@@ -72,10 +72,23 @@ def owned(owner: str, outer: Any) -> Any:
 
 
 # -- matching ----------------------------------------------------------------------------------------------
+_DISPATCHER_LOCK = 0x5355_4253  # an arbitrary constant: the advisory lock of the one dispatcher
+
+
+def dispatcher_lock(session: Session) -> bool:
+    """Whether this transaction is the one dispatcher now (PostgreSQL: a transaction-scoped advisory lock,
+    not waited for; SQLite: its single writer already is)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(
+        session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _DISPATCHER_LOCK}).scalar()
+    )
+
+
 def changes(session: Session, limit: int) -> list[SubscriptionChange]:
-    """The oldest changes, locked so that one dispatcher at a time takes them."""
+    """The oldest changes (taken by the one dispatcher: see ``dispatcher_lock``)."""
     stmt = select(SubscriptionChange).order_by(SubscriptionChange.seq).limit(limit)
-    return list(session.execute(stmt.with_for_update(skip_locked=True)).scalars())
+    return list(session.execute(stmt).scalars())
 
 
 def forget_changes(session: Session, seqs: Sequence[int]) -> None:

@@ -90,3 +90,26 @@ def test_receiver_gone_for_good_ends_in_error(app, subscriber, receiver):
     pump(app, rounds=40, max_failures=3)
     assert subscriber.get(f"/fhir/R4/Subscription/{sub_id}").get_json()["status"] == "active"
     assert len(receiver.received) == 1
+
+
+def test_one_dispatcher_at_a_time_on_postgresql(app, subscriber, receiver):
+    import pytest
+    from sqlalchemy import text
+
+    from fhir_api import db
+    from resources.subscriptions import store
+    from resources.subscriptions.dispatch import dispatch_once
+
+    with app.app_context(), db.new_session() as other:
+        if other.get_bind().dialect.name != "postgresql":
+            pytest.skip("PostgreSQL only: SQLite has one writer anyway")
+        subscriber.post("/fhir/R4/Subscription", json=subscription(receiver.url))
+        subscriber.post("/fhir/R4/Observation", json=observation())
+        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": store._DISPATCHER_LOCK})
+        try:
+            with db.new_session() as session:
+                assert dispatch_once(session) == 0  # the other holds it: nothing taken, nothing numbered
+        finally:
+            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": store._DISPATCHER_LOCK})
+        with db.new_session() as session:
+            assert dispatch_once(session) == 1

@@ -309,3 +309,37 @@ def test_criteria_the_subscriber_may_not_search_are_refused(app, receiver):
     assert resp.status_code == 422
     assert "may not search Observation" in issue(resp)["diagnostics"]
     assert narrow.post(f"{BASE}/Subscription", json=subscription(receiver.url, "Patient?")).status_code == 201
+
+
+def test_allow_private_written_as_false_keeps_the_protection(app, subscriber):
+    app.config["SUBSCRIPTION_ALLOW_PRIVATE"] = "False"  # as FHIR_SUBSCRIPTION_ALLOW_PRIVATE=False arrives
+    resp = subscriber.post(f"{BASE}/Subscription", json=subscription("http://127.0.0.1:9/x"))
+    assert resp.status_code == 422
+
+
+def test_each_subscription_of_a_bundle_gets_its_own_secret(subscriber, receiver):
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:{n}",
+            "resource": subscription(receiver.url),
+            "request": {"method": "POST", "url": "Subscription"},
+        }
+        for n in ("3f0c1a52-0000-4000-8000-000000000001", "3f0c1a52-0000-4000-8000-000000000002")
+    ]
+    resp = subscriber.post(BASE, json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert resp.status_code == 200, resp.get_json()
+    ids = [e["response"]["location"].split("/")[1] for e in resp.get_json()["entry"]]
+    pairs = dict(p.split("=", 1) for p in resp.headers["X-Subscription-Secrets"].split(", "))
+    assert sorted(pairs) == sorted(ids) and len(set(pairs.values())) == 2
+    assert "X-Subscription-Secret" not in resp.headers
+
+
+def test_no_event_is_taken_that_could_outlive_the_lease(app, subscriber, receiver):
+    from datetime import timedelta
+
+    _create(subscriber, subscription(receiver.url))
+    subscriber.post(f"{BASE}/Observation", json=observation())
+    pump(app, rounds=3, lease=timedelta(seconds=5), timeout=10)  # lease shorter than one attempt could take
+    assert receiver.received == []
+    pump(app)
+    assert len(receiver.received) == 1
