@@ -201,6 +201,18 @@ def write_batch(
     return store.event_batch([event], signing.mac_key())
 
 
+def operation_batch(session: Session, entities: list[tuple[str, str | None]]) -> Batch:
+    """The request's own event, for an operation that commits its change itself ($rotate-secret, $replay):
+    it travels in that transaction (both or neither), and the request is not recorded again after."""
+    p = pending()
+    if p is None or not enabled():
+        return []
+    event = _event(p, 200, None)
+    event.entities = entities
+    p.written += 1
+    return store.event_batch([event], signing.mac_key())
+
+
 # -- building and writing ------------------------------------------------------------------------------------
 def _actor() -> Actor:
     principal = g.get("principal")

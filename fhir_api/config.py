@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "SUBSCRIPTION_BACKOFF_BASE": 5,  # seconds before the first retry; doubles, with jitter...
     "SUBSCRIPTION_BACKOFF_CAP": 3600,  # ...up to this
     "SUBSCRIPTION_SECRET_GRACE_HOURS": 24,  # after $rotate-secret, the old secret signs too this long
+    "SUBSCRIPTION_MAX_PER_CLIENT": 1000,  # live (not off) subscriptions one client may have
     "SUBSCRIPTION_CLIENT_CERT": None,  # PEM files: the server's certificate for receivers that ask for
     "SUBSCRIPTION_CLIENT_KEY": None,  # mutual TLS (presented on every https delivery)
     # Authorization (SMART). The signing key has no default: `make demo` creates one under var/keys/.

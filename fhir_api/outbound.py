@@ -57,10 +57,30 @@ def check(url: str, *, allow_private: bool, what: str = "The URL") -> Target:
     addresses = []
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
-        if not address.is_global or address.is_multicast:
+        if not public(address):
             raise UnsafeTarget(f"{what} points at a private, loopback or link-local address")
         addresses.append(str(address))
     return Target(url, parts.hostname, port, addresses[0])
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A globally routable unicast address, IPv4 inside IPv6 included: mapped (::ffff:a.b.c.d),
+    compatible (::a.b.c.d), 6to4 (2002::/16) and NAT64 (64:ff9b::/96, which reaches IPv4 networks)."""
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local or address in _NAT64_LOCAL:
+            return False
+        inner = address.ipv4_mapped or address.sixtofour
+        if inner is None and (address in _NAT64 or int(address) >> 32 == 0):
+            inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if inner is not None:
+            return public(inner)
+    return True
 
 
 class _PinnedAdapter(HTTPAdapter):
@@ -113,9 +133,10 @@ def send(
             cert=cert,
         ) as resp:
             body = b""
-            for chunk in resp.iter_content(8192):
-                body += chunk
-                if len(body) >= max_bytes:
-                    body = body[:max_bytes]
-                    break
+            if max_bytes > 0:
+                for chunk in resp.iter_content(8192):
+                    body += chunk
+                    if len(body) >= max_bytes:
+                        body = body[:max_bytes]
+                        break
             return resp, body

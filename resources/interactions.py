@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from fhir_api import db
 from fhir_api.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, PreconditionFailed
 from resources import jsonio
-from resources.access import UNRESTRICTED, Access
+from resources.access import OWNED_TYPES, UNRESTRICTED, Access
 from resources.patching import json_patch, merge_patch
 from resources.registry import check_type
 from resources.repository import HistoryQuery, ResourceRepository, Stored
@@ -219,7 +219,7 @@ def update_in(
         stored = _store(repo, None, res_type, res_id, 1, "PUT", resource)
         _require_reach_after(repo, access, res_type, res_id, "c")
         return stored, True
-    if not current.deleted:
+    if not current.deleted or res_type in OWNED_TYPES:  # another client's, even deleted, is unknown
         _require_reach(repo, access, res_type, res_id, "u")
     _check_if_match(if_match, current.version)
     stored = _store(repo, current, res_type, res_id, current.version + 1, "PUT", resource)

@@ -65,7 +65,8 @@ def validate(resource: dict[str, Any], expected_type: str | None = None) -> None
                 )
             )
         raise InvalidResource(issues=issues) from None
-    except (TypeError, ValueError, RecursionError) as exc:  # models raising outside pydantic's wrapper
+    # models raising outside pydantic's wrapper (a url element given a number: AttributeError in fhir_core)
+    except (TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise InvalidResource(
             f"{resource_type}: the resource could not be validated ({type(exc).__name__})"
         ) from None

@@ -354,7 +354,7 @@ def history_instance(res_type: str, res_id: str):
     query = _history_query(res_type, res_id)
     access = _access()
     if _repo().current(res_type, res_id) is None or (
-        access.narrowed and not access.visible(db.session(), res_type, res_id, "r")
+        access.narrows(res_type) and not access.visible(db.session(), res_type, res_id, "r")
     ):
         raise NotFound(f"{res_type}/{res_id} is not known")
     return _history_response(query)

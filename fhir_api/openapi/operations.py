@@ -426,7 +426,7 @@ OPERATIONS: dict[str, Doc] = {
                 "Queued again: a Parameters resource with the count replayed.", fhir_content("Parameters")
             )
         },
-        (400, 403, 404, *NEGOTIATED, *WITH_BODY),
+        (400, 403, 404, *NEGOTIATED, 409, *WITH_BODY),
         ("replay_eventNumber", "replay_since", *RENDERING),
         _body(
             "Optional: a Parameters resource with eventNumber or since (else the query names one).",
@@ -441,7 +441,7 @@ OPERATIONS: dict[str, Doc] = {
                 fhir_content("Parameters"),
             )
         },
-        (403, 404, *NEGOTIATED),
+        (403, 404, *NEGOTIATED, 409),
         RENDERING,
     ),
     "bulk.download": Doc({200: _ok("One output file.", {NDJSON: {"schema": {"type": "string"}}})}, (404,)),

@@ -24,7 +24,7 @@ def _server() -> str:
     return current_app.config.get("PUBLIC_URL") or socket.gethostname()
 
 
-def attempt(session: Session, sub: Any, delivery: Any, outcome: Any) -> None:
+def attempt(session: Session, sub: Any, delivery: Any, outcome: Any, endpoint: str) -> None:
     """One delivery attempt: the owner's client as recipient, the endpoint's host as its address."""
     code = outcome.code
     event = audit.Event(
@@ -32,7 +32,7 @@ def attempt(session: Session, sub: Any, delivery: Any, outcome: Any) -> None:
         subtype=NOTIFY,
         action="E",
         recorded=db.now(),
-        actor=audit.Actor(client_id=sub.owner, address=urlsplit(sub.endpoint).hostname),
+        actor=audit.Actor(client_id=sub.owner, address=urlsplit(endpoint).hostname),
         server=_server(),
         outcome="0" if outcome.delivered else ("4" if code is not None and code < 500 else "8"),
         outcome_desc=outcome.error,

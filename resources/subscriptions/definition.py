@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from fhir_api import outbound
 from fhir_api.errors import Unprocessable
 from resources.registry import check_type
 
@@ -47,7 +48,12 @@ def _fail(message: str, expression: str) -> Unprocessable:
     return Unprocessable(message, expression=expression)
 
 
+MAX_TEXT = 2048  # criteria and endpoint
+
+
 def parse_criteria(text: Any) -> tuple[str, tuple[tuple[str, str], ...]]:
+    if isinstance(text, str) and len(text) > MAX_TEXT:
+        raise _fail(f"Subscription.criteria is longer than {MAX_TEXT} characters", "Subscription.criteria")
     if not isinstance(text, str) or not text.strip():
         raise _fail(
             "A Subscription needs criteria: a search such as Observation?code=...", "Subscription.criteria"
@@ -78,7 +84,13 @@ def check_endpoint(url: Any, *, allow_private: bool) -> str:
     where = "Subscription.channel.endpoint"
     if not isinstance(url, str) or not url:
         raise _fail("A rest-hook Subscription needs channel.endpoint", where)
-    parts = urlsplit(url)
+    if len(url) > MAX_TEXT:
+        raise _fail(f"channel.endpoint is longer than {MAX_TEXT} characters", where)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a malformed port)
+    except ValueError:
+        raise _fail("channel.endpoint is not a valid URL", where) from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise _fail("channel.endpoint must be an absolute http(s) URL", where)
     if parts.username or parts.password:
@@ -96,7 +108,7 @@ def check_endpoint(url: Any, *, allow_private: bool) -> str:
         if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
             raise _fail("channel.endpoint may not point at this server's own network", where) from None
         return url
-    if not address.is_global or address.is_multicast:
+    if not outbound.public(address):
         raise _fail("channel.endpoint points at a private, loopback or link-local address", where)
     return url
 
@@ -132,8 +144,8 @@ def _headers(values: Any) -> tuple[tuple[str, str], ...]:
         name, rest = name.strip(), rest.strip()
         if not colon or not name or not all(c.isalnum() or c in "-_" for c in name) or not rest:
             raise _fail("each channel.header must be 'Name: value'", where)
-        if any(c in rest for c in "\r\n"):
-            raise _fail("a channel.header value may not contain line breaks", where)
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rest) or len(rest) > 4096:
+            raise _fail("a channel.header value may not hold control characters or exceed 4096", where)
         if name.lower() in _FORBIDDEN_HEADERS:
             raise _fail(f"channel.header may not set {name}: the server sets it", where)
         out.append((name, rest))
@@ -150,8 +162,14 @@ def parse(resource: dict[str, Any], *, allow_private: bool) -> Definition:
     res_type, criteria = parse_criteria(resource.get("criteria"))
     endpoint = check_endpoint(channel.get("endpoint"), allow_private=allow_private)
     mime = channel.get("payload")
-    if mime is not None and mime.split(";")[0].strip() not in MIME_TYPES:
-        raise _fail(f"channel.payload must be one of {', '.join(MIME_TYPES)}", "Subscription.channel.payload")
+    if mime is not None:
+        mime = str(mime).split(";")[0].strip()
+        if mime not in MIME_TYPES:
+            raise _fail(
+                f"channel.payload must be one of {', '.join(MIME_TYPES)}", "Subscription.channel.payload"
+            )
+    if "end" in resource and not isinstance(resource["end"], str):
+        raise _fail("Subscription.end must be an instant", "Subscription.end")
     return Definition(
         criteria_type=res_type,
         criteria=criteria,

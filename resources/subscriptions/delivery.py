@@ -39,7 +39,7 @@ from resources.subscriptions.owner import access_of
 
 log = logging.getLogger("fhir_api.subscriptions")
 
-MAX_RESPONSE_BYTES = 4096
+MAX_RESPONSE_BYTES = 0  # the answer's body is never read: only its status matters
 PER_LEASE = 50  # events sent for one subscription before its lease is given back
 
 
@@ -78,6 +78,7 @@ class Outcome:
     error: str | None
     latency_ms: int
     retry_after: float | None = None
+    permanent: bool = False  # not worth retrying (an endpoint the server may not call)
 
     @property
     def delivered(self) -> bool:
@@ -85,6 +86,8 @@ class Outcome:
 
     @property
     def retryable(self) -> bool:
+        if self.permanent:
+            return False
         return self.code is None or self.code in (408, 429) or self.code >= 500
 
 
@@ -111,21 +114,39 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def post(url: str, body: bytes, headers: dict[str, str], s: Settings) -> Outcome:
-    """One delivery attempt through fhir_api.outbound (the address checked at every attempt)."""
+    """One delivery attempt through fhir_api.outbound (the address checked at every attempt), over within
+    twice the timeout whatever the endpoint does: a receiver that trickles its answer out byte by byte is
+    abandoned (its thread ends when the socket does), and the worker moves on."""
     started = time.perf_counter()
     try:
         target = outbound.check(url, allow_private=s.allow_private, what="The endpoint")
-        resp, _ = outbound.send(
-            "POST",
-            target,
-            headers=headers,
-            data=body,
-            timeout=s.timeout,
-            max_bytes=MAX_RESPONSE_BYTES,
-            cert=s.client_cert if url.startswith("https:") else None,
-        )
     except outbound.UnsafeTarget as exc:
-        return Outcome(None, str(exc), _ms(started))
+        return Outcome(None, str(exc), _ms(started), permanent=True)
+    box: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            box["resp"], _ = outbound.send(
+                "POST",
+                target,
+                headers=headers,
+                data=body,
+                timeout=s.timeout,
+                max_bytes=MAX_RESPONSE_BYTES,
+                cert=s.client_cert if url.startswith("https:") else None,
+            )
+        except BaseException as exc:  # handed to the worker below
+            box["exc"] = exc
+
+    runner = threading.Thread(target=attempt, name="subscription-post", daemon=True)
+    runner.start()
+    runner.join(2 * s.timeout)
+    if runner.is_alive():
+        return Outcome(None, f"no complete answer within {2 * s.timeout:g} s", _ms(started))
+    try:
+        if "exc" in box:
+            raise box["exc"]
+        resp = box["resp"]
     except requests.Timeout:
         return Outcome(None, f"no answer within {s.timeout:g} s", _ms(started))
     except requests.RequestException as exc:
@@ -185,6 +206,7 @@ def _work(
         access = access_of(session, sub)
         if access is None:
             with db.write_transaction(session):
+                _lock_resource(session, sub_id)
                 status.set_status(session, sub_id, "error", DISABLED)
                 fresh = store.get(session, sub_id, lock=True)
                 if fresh is not None:
@@ -193,6 +215,7 @@ def _work(
         body = _body(session, sub, event, access)
         if body is None:
             with db.write_transaction(session):
+                _lock_resource(session, sub_id)
                 _settle(session, event.id, "withheld", now)
                 _advance(session, sub_id, now)
             continue
@@ -210,9 +233,10 @@ def _work(
         if event.replay:
             headers["X-Replay"] = "true"
         session.commit()  # no transaction stays open while the endpoint answers
-        outcome = post(sub.endpoint, body, headers, s)
+        endpoint = sub.endpoint
+        outcome = post(endpoint, body, headers, s)
         attempts += 1
-        _record(session, sub, event, outcome, s, access)
+        _record(session, sub, event, outcome, s, endpoint)
     return attempts
 
 
@@ -221,8 +245,10 @@ def _body(session: Session, sub: Any, event: Any, access: Any) -> bytes | None:
     base = json.loads(sub.principal).get("base") or "urn:fhir-api"
     repo = ResourceRepository(session)
     text = None
-    if event.event == "delete":
-        if not access.permits(event.res_type, "r"):
+    if event.event == "delete":  # the deletion of something it may (still) read: its last version
+        try:
+            interactions.vread(repo, event.res_type, event.res_id, event.version - 1, access)
+        except FhirError:
             return None
     else:
         try:
@@ -259,7 +285,13 @@ def _advance(session: Session, sub_id: str, now: datetime) -> None:
         sub.due = store.next_due(session, sub_id)
 
 
-def _record(session: Session, sub: Any, event: Any, outcome: Outcome, s: Settings, access: Any) -> None:
+def _lock_resource(session: Session, sub_id: str) -> None:
+    """Locks in the order every writer takes them: the Subscription's resource row, then its state row
+    (a client's PUT does the same), so the two never deadlock."""
+    ResourceRepository(session).current("Subscription", sub_id, lock=True)
+
+
+def _record(session: Session, sub: Any, event: Any, outcome: Outcome, s: Settings, endpoint: str) -> None:
     """The attempt, its audit event, the event's next state and the subscription's health: one commit."""
     from fhir_api import metrics
     from resources.subscriptions import audit_events
@@ -267,6 +299,7 @@ def _record(session: Session, sub: Any, event: Any, outcome: Outcome, s: Setting
 
     now = db.now()
     with db.write_transaction(session):
+        _lock_resource(session, sub.sub_id)
         row = session.get(SubscriptionDelivery, event.id, with_for_update=True, populate_existing=True)
         fresh = store.get(session, sub.sub_id, lock=True)
         if row is None or fresh is None:
@@ -274,7 +307,7 @@ def _record(session: Session, sub: Any, event: Any, outcome: Outcome, s: Setting
         store.add_attempt(session, row.id, now, outcome.code, outcome.error, outcome.latency_ms)
         row.attempts += 1
         row.last_code, row.last_error, row.latency_ms = outcome.code, outcome.error, outcome.latency_ms
-        audit_events.attempt(session, fresh, row, outcome)
+        audit_events.attempt(session, fresh, row, outcome, endpoint)
         if outcome.delivered:
             row.status, row.finished, row.next_attempt = "delivered", now, None
             fresh.failures = 0

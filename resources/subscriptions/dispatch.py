@@ -11,6 +11,7 @@ no longer be tested against what is gone).
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,6 +25,8 @@ from resources.subscriptions.owner import access_of
 
 BATCH = 500
 DISABLED = "The subscribing client is disabled or unknown"
+CRITERIA_FAILED = "The criteria can no longer be run as a search; correct them and set status to requested"
+log = logging.getLogger("fhir_api.subscriptions")
 _CHUNK = 200  # ids per matching query
 
 
@@ -89,12 +92,16 @@ def _matching(session: Session, sub: Any, changes: list[Any]) -> list[Any]:
     for i in range(0, len(live_ids), _CHUNK):
         chunk = live_ids[i : i + _CHUNK]
         try:
-            hits.update(
-                match_ids(
+            with session.begin_nested():  # a failing search must not abort the whole batch's transaction
+                found = match_ids(
                     session, sub.criteria_type, [*criteria, ("_id", ",".join(chunk))], len(chunk), access
                 )
+            hits.update(found)
+        except Exception as exc:  # criteria that no longer run (a parameter gone): said, not silent
+            log.warning(
+                "subscription %s: its criteria failed (%s); set to error", sub.sub_id, type(exc).__name__
             )
-        except Exception:  # criteria that no longer run (a parameter gone): nothing matches
+            status.set_status(session, sub.sub_id, "error", CRITERIA_FAILED)
             return []
     gone = [c.res_id for c in changes if c.deleted]
     if gone:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from fhir_api import db
 from fhir_api.config import flag
 from fhir_api.db import Batch
-from fhir_api.errors import FhirError, Unprocessable
+from fhir_api.errors import FhirError, Forbidden, Unprocessable
 from resources.dates import parse_range
 from resources.subscriptions import definition, sealed, signing, store
 
@@ -50,6 +50,26 @@ def _principal() -> dict[str, Any]:
     }
 
 
+SUBSCRIBER_ROLES = ("clinical-system", "insurer", "server")
+
+
+def _check_subscriber(session: Session, principal: dict[str, Any]) -> None:
+    """Backend clients only (a clinician or patient app is shared by its users, while a subscription
+    belongs to one client), and not more live subscriptions than ``SUBSCRIPTION_MAX_PER_CLIENT``."""
+    if principal["role"] not in SUBSCRIBER_ROLES:
+        raise Forbidden(
+            "Subscriptions are for backend clients (clinical systems and insurers, system/ scopes); "
+            "an app signed in for a user cannot own one"
+        )
+    limit = int(current_app.config.get("SUBSCRIPTION_MAX_PER_CLIENT", 1000))
+    if principal["role"] != "server" and store.owned_count(session, principal["client_id"]) >= limit:
+        raise Unprocessable(
+            f"This client has {limit} subscriptions already (FHIR_SUBSCRIPTION_MAX_PER_CLIENT); "
+            "switch one off or delete it first",
+            expression="Subscription",
+        )
+
+
 def _check_criteria(session: Session, d: definition.Definition) -> None:
     """The criteria must run under the subscriber's own access (unknown parameters refused now, not
     silently matching everything later), and the subscriber must be allowed to search that type."""
@@ -62,9 +82,14 @@ def _check_criteria(session: Session, d: definition.Definition) -> None:
             expression="Subscription.criteria",
         )
     try:
-        match_ids(session, d.criteria_type, [*d.criteria, ("_id", "-")], 1, access)
+        with session.begin_nested():  # a failed statement must not take the write's transaction with it
+            match_ids(session, d.criteria_type, [*d.criteria, ("_id", "-")], 1, access)
     except FhirError as exc:
         raise Unprocessable(f"Subscription.criteria: {exc}", expression="Subscription.criteria") from None
+    except Exception:
+        raise Unprocessable(
+            "Subscription.criteria could not be run as a search", expression="Subscription.criteria"
+        ) from None
 
 
 def before_write(
@@ -77,6 +102,9 @@ def before_write(
             pending[res_id] = store.state_update(res_id, {"status": "off", "due": None})
         return None
     d = definition.parse(resource, allow_private=allow_private())
+    principal = _principal()
+    if state is None:
+        _check_subscriber(session, principal)
     _check_criteria(session, d)
     status = "off" if d.wanted == "off" else "active"
     end = resource.get("end")
@@ -96,8 +124,8 @@ def before_write(
         secret = signing.new_secret()
         values.update(
             sub_id=res_id,
-            owner=_principal()["client_id"],
-            principal=json.dumps(_principal()),
+            owner=principal["client_id"],
+            principal=json.dumps(principal),
             data_key=data_key,
             secret=sealed.seal(res_id, data_key, "secret", secret),
             old_secret=None,

@@ -97,12 +97,13 @@ def forget_changes(session: Session, seqs: Sequence[int]) -> None:
 
 
 def live(session: Session, res_types: Sequence[str]) -> list[SubscriptionState]:
-    """Subscriptions that match changes of these types, locked (their event counters move)."""
+    """Subscriptions that match changes of these types. Not locked: only the one dispatcher moves their
+    event counters, and a client's write to one (which locks its resource, then this row) must not wait
+    for a whole batch's matching."""
     stmt = (
         select(SubscriptionState)
         .where(SubscriptionState.criteria_type.in_(res_types), SubscriptionState.status.in_(LIVE))
         .order_by(SubscriptionState.sub_id)
-        .with_for_update()
     )
     return list(session.execute(stmt.execution_options(populate_existing=True)).scalars())
 
@@ -112,7 +113,11 @@ def notified_before(session: Session, sub_id: str, res_type: str, ids: Sequence[
     if not ids:
         return set()
     d = SubscriptionDelivery
-    stmt = select(d.res_id).where(d.sub_id == sub_id, d.res_type == res_type, d.res_id.in_(ids)).distinct()
+    stmt = (
+        select(d.res_id)
+        .where(d.sub_id == sub_id, d.res_type == res_type, d.res_id.in_(ids), d.status == "delivered")
+        .distinct()
+    )
     return set(session.execute(stmt).scalars())
 
 
@@ -213,6 +218,18 @@ def originals(
     if since is not None:
         stmt = stmt.where(d.created >= since)
     return list(session.execute(stmt.order_by(d.event_number).limit(limit)).scalars())
+
+
+def pending_replays(session: Session, sub_id: str) -> bool:
+    d = SubscriptionDelivery
+    stmt = select(d.id).where(d.sub_id == sub_id, d.status == "pending", d.replay.is_(True)).limit(1)
+    return session.execute(stmt).first() is not None
+
+
+def owned_count(session: Session, owner: str) -> int:
+    s = SubscriptionState
+    stmt = select(func.count()).select_from(s).where(s.owner == owner, s.status != "off")
+    return int(session.execute(stmt).scalar_one())
 
 
 def counts(session: Session, sub_id: str) -> dict[str, int]:

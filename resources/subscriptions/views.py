@@ -6,14 +6,16 @@ audited like any other request.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import current_app, g, request
 from flask_smorest import Blueprint
 
+from audit import recorder
 from fhir_api import db
 from fhir_api.auth.guard import access_for, authenticate
-from fhir_api.errors import BadRequest, NotFound
+from fhir_api.errors import BadRequest, Conflict, NotFound
 from fhir_api.http import base_url, fhir_response
 from resources import jsonio
 from resources.dates import parse_range
@@ -35,19 +37,28 @@ def _own(res_id: str, action: str) -> Any:
     state = store.get(session, res_id)
     if state is None or not access.visible(session, "Subscription", res_id, "r"):
         raise NotFound(f"Subscription/{res_id} is not known")
-    from audit import recorder
-
     recorder.note_resource("Subscription", res_id)
     return state
+
+
+_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+def _number(value: Any, name: str, low: int) -> int:
+    """A small non-negative integer as sent (text or JSON number), else 400 naming the parameter."""
+    text = str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if not _NUMBER.fullmatch(text) or int(text) < low:
+        raise BadRequest(f"{name} must be one integer from {low} to 999999999", expression=name)
+    return int(text)
 
 
 def _int_arg(name: str, default: int | None, low: int = 0) -> int | None:
     values = request.args.getlist(name)
     if not values:
         return default
-    if len(values) > 1 or not values[0].isdigit() or int(values[0]) < low:
-        raise BadRequest(f"{name} must be one integer of at least {low}", expression=name)
-    return int(values[0])
+    if len(values) > 1:
+        raise BadRequest(f"{name} must be given once", expression=name)
+    return _number(values[0], name, low)
 
 
 def _time(value: Any) -> str | None:
@@ -66,6 +77,7 @@ def events(res_id: str):
     more = len(rows) > count
     rows = rows[:count]
     tried = store.attempts(session, [r.id for r in rows])
+    readable = _readable(session, {(r.res_type, r.res_id) for r in rows})
     base = base_url()
     params: list[dict[str, Any]] = [
         {"name": "subscription", "valueReference": {"reference": f"Subscription/{res_id}"}},
@@ -82,15 +94,14 @@ def events(res_id: str):
         part: list[dict[str, Any]] = [
             {"name": "event-number", "valueString": str(r.event_number)},
             {"name": "timestamp", "valueInstant": _time(r.created)},
-            {
-                "name": "focus",
-                "valueReference": {"reference": f"{r.res_type}/{r.res_id}/_history/{r.version}"},
-            },
             {"name": "event", "valueCode": r.event},
             {"name": "delivery-status", "valueCode": r.status},
             {"name": "replay", "valueBoolean": bool(r.replay)},
             {"name": "attempts", "valueInteger": r.attempts},
         ]
+        if (r.res_type, r.res_id) in readable:  # what the owner may no longer read is not named
+            focus = {"reference": f"{r.res_type}/{r.res_id}/_history/{r.version}"}
+            part.insert(2, {"name": "focus", "valueReference": focus})
         if r.next_attempt is not None and r.status == "pending":
             part.append({"name": "next-attempt", "valueInstant": _time(r.next_attempt)})
         if r.finished is not None:
@@ -113,6 +124,16 @@ def events(res_id: str):
     return fhir_response({"resourceType": "Parameters", "parameter": params})
 
 
+def _readable(session: Any, refs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The resources among ``refs`` the caller may read now."""
+    access = g.access
+    return {
+        (t, i)
+        for t, i in refs
+        if access.permits(t, "r") and (not access.narrows(t) or access.visible(session, t, i, "r"))
+    }
+
+
 def _body_params() -> dict[str, list[Any]]:
     """Parameters from a FHIR Parameters body, or from the query string."""
     found: dict[str, list[Any]] = {}
@@ -123,7 +144,12 @@ def _body_params() -> dict[str, list[Any]]:
         body = jsonio.load_resource(request.get_data())
         if body.get("resourceType") != "Parameters":
             raise BadRequest("The body must be a Parameters resource", expression="resourceType")
-        for p in body.get("parameter") or []:
+        params = body.get("parameter") or []
+        if not isinstance(params, list) or not all(isinstance(p, dict) for p in params):
+            raise BadRequest(
+                "Parameters.parameter must be a list of objects", expression="Parameters.parameter"
+            )
+        for p in params:
             value = next((v for k, v in p.items() if k.startswith("value")), None)
             found.setdefault(str(p.get("name")), []).append(value)
     return found
@@ -142,17 +168,22 @@ def replay(res_id: str):
     if ("eventNumber" in given) == ("since" in given):
         raise BadRequest("$replay needs exactly one of eventNumber or since", expression="Parameters")
     number = since = None
+    if len(given.get("eventNumber", given.get("since", []))) > 1:
+        raise BadRequest("$replay takes one eventNumber or one since", expression="Parameters")
     if "eventNumber" in given:
-        raw = str(given["eventNumber"][0])
-        if not raw.isdigit() or int(raw) < 1:
-            raise BadRequest("eventNumber must be a positive integer", expression="eventNumber")
-        number = int(raw)
+        number = _number(given["eventNumber"][0], "eventNumber", 1)
     else:
         since = parse_range(str(given["since"][0]), "since").low
     session = db.session()
     with db.write_transaction(session):
         state = store.get(session, res_id, lock=True)
         assert state is not None
+        if state.status not in store.LIVE:
+            raise Conflict(f"Subscription/{res_id} is {state.status}: activate it before replaying")
+        if store.pending_replays(session, res_id):
+            raise Conflict(
+                "A replay of this subscription is still being delivered; ask again once it is done"
+            )
         found = store.originals(session, res_id, number=number, since=since, limit=MAX_REPLAY + 1)
         if len(found) > MAX_REPLAY:
             raise BadRequest(f"More than {MAX_REPLAY} events match; replay a later since", expression="since")
@@ -180,6 +211,7 @@ def replay(res_id: str):
         )
         if found and state.due is None:
             state.due = now
+        db.execute_batch(session, recorder.operation_batch(session, [(f"Subscription/{res_id}", None)]))
     out = {"resourceType": "Parameters", "parameter": [{"name": "replayed", "valueInteger": len(found)}]}
     return fhir_response(out, 202)
 
@@ -195,9 +227,14 @@ def rotate_secret(res_id: str):
     with db.write_transaction(session):
         state = store.get(session, res_id, lock=True)
         assert state is not None
+        if state.status == "off":
+            raise Conflict(f"Subscription/{res_id} is off: it has no secret to rotate")
         until = db.now() + grace
         state.old_secret, state.old_until = state.secret, until
         state.secret = sealed.seal(res_id, state.data_key, "secret", secret)
+        session.flush()
+        # the audit row commits with the new secret: never a secret stored that nobody was shown
+        db.execute_batch(session, recorder.operation_batch(session, [(f"Subscription/{res_id}", None)]))
     out = {
         "resourceType": "Parameters",
         "parameter": [

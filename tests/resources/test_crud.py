@@ -209,3 +209,17 @@ def test_read_with_summary_and_elements(client):
     body = client.get(f"/fhir/R4/Patient/{rid}/_history/1?_elements=gender").get_json()
     assert "name" not in body and body["gender"] == "male"
     assert client.get(f"/fhir/R4/Patient/{rid}?_summary=bogus").status_code == 400
+
+
+def test_a_number_where_a_url_belongs_is_400_not_500(client):
+    """fhir_core's url validator raises AttributeError on a number (found through Subscription.channel)."""
+    body = {
+        "resourceType": "Endpoint",
+        "status": "active",
+        "connectionType": {"code": "hl7-fhir-rest"},
+        "payloadType": [{"text": "any"}],
+        "address": 5,
+    }
+    resp = client.post("/fhir/R4/Endpoint", json=body)
+    assert resp.status_code == 400
+    assert resp.get_json()["resourceType"] == "OperationOutcome"
