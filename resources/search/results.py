@@ -558,15 +558,24 @@ def searchset_bundle(
 
 
 # -- conditional interactions -------------------------------------------------------------------------------
+def criteria_conditions(
+    session: Session, res_type: str, criteria: list[tuple[str, str]], access: Any = None
+) -> tuple[Any, list[ColumnElement[bool]]]:
+    """(Resource alias, conditions) selecting the current resources that match criteria (strict: unknown
+    parameters are errors, never ignored) among those ``access`` lets the caller see. The conditions are
+    SQL evaluated when run (membership, compartments), so a statement built on them can be run again."""
+    req = parse_request(res_type, criteria, default_count=1, max_count=1_000_000)  # paging is not used
+    req.count, req.sort, req.cursor, req.total = 1, [], None, "none"
+    ctx = SearchContext(session=session, strict=True, access=access)
+    outer, conditions, _keys = _page_query(session, req, ctx)
+    return outer, conditions
+
+
 def match_ids(
     session: Session, res_type: str, criteria: list[tuple[str, str]], limit: int, access: Any = None
 ) -> list[str]:
-    """Ids of current resources matching criteria (strict: unknown parameters are errors, never ignored)
-    among those ``access`` lets the caller see."""
-    req = parse_request(res_type, criteria, default_count=limit, max_count=limit)
-    req.count, req.sort, req.cursor, req.total = limit, [], None, "none"
-    ctx = SearchContext(session=session, strict=True, access=access)
-    outer, conditions, _keys = _page_query(session, req, ctx)
+    """Ids of current resources matching criteria among those ``access`` lets the caller see."""
+    outer, conditions = criteria_conditions(session, res_type, criteria, access)
     stmt = select(outer.res_id).where(*conditions).order_by(outer.res_id).limit(limit)
     return list(session.execute(stmt).scalars())
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from typing import Any
-from urllib.parse import parse_qsl
 
 from sqlalchemy.orm import Session
 
 from fhir_api import db
-from resources.search.results import match_ids
-from resources.subscriptions import status, store
+from resources.subscriptions import matcher, status, store
 from resources.subscriptions.owner import access_of
 
 BATCH = 500
@@ -41,70 +39,90 @@ def dispatch_once(session: Session, limit: int = BATCH) -> int:
         by_type: dict[str, list[Any]] = defaultdict(list)
         for c in changes:
             by_type[c.res_type].append(c)
-        subscriptions = store.live(session, sorted(by_type))
         now = db.now()
-        rows: list[dict[str, Any]] = []
-        for sub in subscriptions:
+        matchable: dict[str, list[tuple[Any, Any]]] = defaultdict(list)  # type -> (subscription, access)
+        for sub in store.live(session, sorted(by_type)):
             if sub.end is not None and sub.end <= now:  # Subscription.end: switched off, as the spec says
                 status.set_status(session, sub.sub_id, "off", None)
                 continue
-            mine = by_type.get(sub.criteria_type, [])
-            if not mine:
+            access = access_of(session, sub)
+            if access is None:  # nothing is matched for a client that may no longer read anything
+                if sub.status == "active":
+                    status.set_status(session, sub.sub_id, "error", DISABLED)
                 continue
-            matched = _matching(session, sub, mine)
-            if not matched:
-                continue
-            for c in matched:
-                event = "delete" if c.deleted else ("create" if c.version == 1 else "update")
-                rows.append(
-                    {
-                        "sub_id": sub.sub_id,
-                        "event_number": sub.next_seq,
-                        "res_type": c.res_type,
-                        "res_id": c.res_id,
-                        "version": c.version,
-                        "event": event,
-                        "replay": False,
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt": now,
-                        "created": now,
-                    }
-                )
-                sub.next_seq += 1
-            if sub.due is None:
-                sub.due = now
+            matchable[sub.criteria_type].append((sub, access))
+        rows: list[dict[str, Any]] = []
+        woken: list[str] = []
+        for res_type, subs in sorted(matchable.items()):
+            hits = _hits(session, subs, by_type[res_type])
+            for sub, _access in subs:
+                matched = [c for c in by_type[res_type] if c.res_id in hits.get(sub.sub_id, ())]
+                for c in matched:
+                    rows.append(_event_row(sub.sub_id, sub.next_seq, c, now))
+                    sub.next_seq += 1
+                if matched:
+                    woken.append(sub.sub_id)
         store.enqueue(session, rows)
+        store.wake(session, woken, now)
         store.forget_changes(session, [c.seq for c in changes])
         return len(changes)
 
 
-def _matching(session: Session, sub: Any, changes: list[Any]) -> list[Any]:
-    """The changes this subscription is notified of, in outbox order."""
-    access = access_of(session, sub)
-    if access is None:  # nothing is matched for a client that may no longer read anything
-        if sub.status == "active":
-            status.set_status(session, sub.sub_id, "error", DISABLED)
-        return []
-    criteria = parse_qsl(sub.criteria, keep_blank_values=True)
+def _event_row(sub_id: str, number: int, c: Any, now: Any) -> dict[str, Any]:
+    return {
+        "sub_id": sub_id,
+        "event_number": number,
+        "res_type": c.res_type,
+        "res_id": c.res_id,
+        "version": c.version,
+        "event": "delete" if c.deleted else ("create" if c.version == 1 else "update"),
+        "replay": False,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt": now,
+        "created": now,
+    }
+
+
+def _hits(session: Session, subs: list[tuple[Any, Any]], changes: list[Any]) -> dict[str, set[str]]:
+    """sub_id -> ids among ``changes`` it is notified of: live ones its criteria match now (every
+    subscription of the type in one statement per chunk of ids), deleted ones it was told of before."""
+    hits: dict[str, set[str]] = defaultdict(set)
     live_ids = sorted({c.res_id for c in changes if not c.deleted})
-    hits: set[str] = set()
+    gone = sorted({c.res_id for c in changes if c.deleted})
+    runnable: list[tuple[Any, Any, Any]] = []
+    for sub, access in subs:
+        try:
+            with session.begin_nested():
+                runnable.append((sub, access, matcher.one(session, sub, access)))
+        except Exception as exc:
+            _broken(session, sub, exc)
     for i in range(0, len(live_ids), _CHUNK):
         chunk = live_ids[i : i + _CHUNK]
         try:
             with session.begin_nested():  # a failing search must not abort the whole batch's transaction
-                found = match_ids(
-                    session, sub.criteria_type, [*criteria, ("_id", ",".join(chunk))], len(chunk), access
+                stmt = matcher.union(
+                    [matcher.key_of(s, a) for s, a, _ in runnable], [q for *_, q in runnable]
                 )
-            hits.update(found)
-        except Exception as exc:  # criteria that no longer run (a parameter gone): said, not silent
-            log.warning(
-                "subscription %s: its criteria failed (%s); set to error", sub.sub_id, type(exc).__name__
-            )
-            status.set_status(session, sub.sub_id, "error", CRITERIA_FAILED)
-            return []
-    gone = [c.res_id for c in changes if c.deleted]
+                found = session.execute(stmt, {"ids": chunk}).all() if runnable else []
+        except Exception:  # one subscription's criteria no longer run: find it, keep the others
+            found = []
+            for sub, _access, query in list(runnable):
+                try:
+                    with session.begin_nested():
+                        found += session.execute(query, {"ids": chunk}).all()
+                except Exception as exc:
+                    runnable = [r for r in runnable if r[0] is not sub]
+                    _broken(session, sub, exc)
+        for sub_id, res_id in found:
+            hits[sub_id].add(res_id)
     if gone:
-        hits.update(store.notified_before(session, sub.sub_id, sub.criteria_type, gone))
-    # a resource written twice in the batch is matched on its current content: each version counts
-    return [c for c in changes if c.res_id in hits]
+        for sub, _access, _query in runnable:
+            hits[sub.sub_id] |= store.notified_before(session, sub.sub_id, sub.criteria_type, gone)
+    return hits
+
+
+def _broken(session: Session, sub: Any, exc: BaseException) -> None:
+    """Criteria that no longer run (a parameter gone): said, not silent."""
+    log.warning("subscription %s: its criteria failed (%s); set to error", sub.sub_id, type(exc).__name__)
+    status.set_status(session, sub.sub_id, "error", CRITERIA_FAILED)

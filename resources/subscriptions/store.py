@@ -121,6 +121,15 @@ def notified_before(session: Session, sub_id: str, res_type: str, ids: Sequence[
     return set(session.execute(stmt).scalars())
 
 
+def wake(session: Session, sub_ids: Sequence[str], now: datetime) -> None:
+    """Make newly queued events due (in SQL: a deliverer may have just set ``due`` to NULL, and its row
+    lock makes this wait and then see that)."""
+    if sub_ids:
+        session.execute(
+            update(_STATE).where(_STATE.c.sub_id.in_(sub_ids)).values(due=func.coalesce(_STATE.c.due, now))
+        )
+
+
 def enqueue(session: Session, rows: list[dict[str, Any]]) -> None:
     if rows:
         session.execute(insert(_DELIVERY), rows)

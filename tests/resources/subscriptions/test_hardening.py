@@ -241,3 +241,20 @@ def test_a_rotated_secret_is_kept_only_with_its_audit_record(tmp_path, receiver)
         with app.app_context(), db.new_session() as session:
             assert session.get(SubscriptionState, sub_id).secret == before
         app.extensions["fhir_db"]["engine"].dispose()
+
+
+def test_criteria_that_stop_working_set_error_and_spare_the_others(app, subscriber, receiver):
+    broken = created_id(subscriber.post(f"{BASE}/Subscription", json=subscription(receiver.url)))
+    created_id(subscriber.post(f"{BASE}/Subscription", json=subscription(receiver.url)))
+    from fhir_api import db
+    from resources.subscriptions.models import SubscriptionState
+
+    with app.app_context(), db.new_session() as session:  # as if a search parameter had been withdrawn
+        session.get(SubscriptionState, broken).criteria = "no-such-param=1"
+        session.commit()
+    subscriber.post(f"{BASE}/Observation", json=observation())
+    pump(app)
+    assert [h["X-Subscription-Id"] for h, _ in receiver.received] != []
+    assert broken not in [h["X-Subscription-Id"] for h, _ in receiver.received]
+    resource = subscriber.get(f"{BASE}/Subscription/{broken}").get_json()
+    assert resource["status"] == "error" and "criteria" in resource["error"]
