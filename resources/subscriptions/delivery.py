@@ -361,17 +361,23 @@ class Worker:
     def _run(self) -> None:
         from resources.subscriptions.dispatch import dispatch_once
 
-        while not self.stop_event.is_set():
-            busy = False
-            try:
-                with self.app.app_context(), db.new_session() as session:
-                    busy = dispatch_once(session) > 0
-                    busy = deliver_once(session, self.settings, self.stop_event) > 0 or busy
-            except Exception as exc:
-                log.warning("subscription worker: %s", type(exc).__name__)
+        with self.app.app_context():
+            leader = store.Leadership(db.engine())
+        try:
+            while not self.stop_event.is_set():
                 busy = False
-            if not busy:
-                self.stop_event.wait(self.interval)
+                try:
+                    with self.app.app_context(), db.new_session() as session:
+                        if leader.held():
+                            busy = dispatch_once(session) > 0
+                        busy = deliver_once(session, self.settings, self.stop_event) > 0 or busy
+                except Exception as exc:
+                    log.warning("subscription worker: %s", type(exc).__name__)
+                    busy = False
+                if not busy:
+                    self.stop_event.wait(self.interval)
+        finally:
+            leader.release()
 
 
 def start_worker(app: Flask) -> Worker | None:

@@ -104,13 +104,13 @@ def _hits(session: Session, subs: list[tuple[Any, Any]], changes: list[Any]) -> 
                 stmt = matcher.union(
                     [matcher.key_of(s, a) for s, a, _ in runnable], [q for *_, q in runnable]
                 )
-                found = session.execute(stmt, {"ids": chunk}).all() if runnable else []
+                found = matcher.run(session, stmt, chunk) if runnable else []
         except Exception:  # one subscription's criteria no longer run: find it, keep the others
             found = []
             for sub, _access, query in list(runnable):
                 try:
                     with session.begin_nested():
-                        found += session.execute(query, {"ids": chunk}).all()
+                        found += matcher.run(session, query, chunk)
                 except Exception as exc:
                     runnable = [r for r in runnable if r[0] is not sub]
                     _broken(session, sub, exc)

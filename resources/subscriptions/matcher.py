@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import bindparam, literal, select, union_all
+from sqlalchemy import ARRAY, String, bindparam, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from resources.search.results import criteria_conditions
 
 TTL = 60.0
 _IDS = bindparam("ids", expanding=True)
+_ID_ARRAY = bindparam("ids", type_=ARRAY(String(64)))
 _ONE: dict[tuple[Any, ...], tuple[float, Any]] = {}
 _UNION: dict[tuple[Any, ...], tuple[float, Any]] = {}
 
@@ -39,9 +40,12 @@ def one(session: Session, sub: Any, access: Any) -> Any:
         return hit[1]
     criteria = parse_qsl(sub.criteria, keep_blank_values=True)
     outer, conditions = criteria_conditions(session, sub.criteria_type, criteria, access)
-    stmt = select(literal(sub.sub_id).label("sub_id"), outer.res_id.label("res_id")).where(
-        *conditions, outer.res_id.in_(_IDS)
-    )
+    if session.get_bind().dialect.name == "postgresql":
+        # one array parameter, named alike in every branch: sent once, not 200 placeholders per branch
+        among = outer.res_id == func.any(_ID_ARRAY)
+    else:
+        among = outer.res_id.in_(_IDS)
+    stmt = select(literal(sub.sub_id).label("sub_id"), outer.res_id.label("res_id")).where(*conditions, among)
     if len(_ONE) > 10_000:
         _ONE.clear()
     _ONE[key] = (now + TTL, stmt)
@@ -60,6 +64,11 @@ def union(keys: Sequence[tuple[Any, ...]], parts: Sequence[Any]) -> Any:
         _UNION.clear()
     _UNION[key] = (now + TTL, stmt)
     return stmt
+
+
+def run(session: Session, stmt: Any, ids: Sequence[str]) -> list[tuple[str, str]]:
+    """(sub_id, res_id) rows of a matching statement for ``ids``."""
+    return [tuple(r) for r in session.execute(stmt, {"ids": list(ids)})]
 
 
 def key_of(sub: Any, access: Any) -> tuple[Any, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -80,9 +81,60 @@ def dispatcher_lock(session: Session) -> bool:
     not waited for; SQLite: its single writer already is)."""
     if session.get_bind().dialect.name != "postgresql":
         return True
-    return bool(
-        session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _DISPATCHER_LOCK}).scalar()
-    )
+    got = session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _DISPATCHER_LOCK}).scalar()
+    return bool(got)
+
+
+_LEADER_LOCK = 0x5355_424C  # held for a process's life by the one whose worker matches (PostgreSQL)
+
+
+class Leadership:
+    """Whether this process's worker is the one that matches (PostgreSQL): a session-level advisory lock on
+    a connection of its own, kept while the process lives and released by the server if it dies. Matching
+    in one process instead of every process's poll keeps batches large, and a batch costs much the same
+    whatever its size (planning a UNION of every subscription's criteria)."""
+
+    RETRY = 2.0  # seconds between tries by a process that is not the leader
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.conn: Any = None
+        self.next_try = 0.0
+
+    def held(self) -> bool:
+        if self.engine.dialect.name != "postgresql":
+            return True
+        import time
+
+        if self.conn is not None:
+            try:
+                self.conn.exec_driver_sql("SELECT 1")
+                return True
+            except Exception:
+                self.release()
+        if time.monotonic() < self.next_try:
+            return False
+        self.next_try = time.monotonic() + self.RETRY
+        conn = self.engine.connect()
+        try:
+            got = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_LEADER_LOCK})").scalar()
+            conn.commit()
+        except Exception:
+            conn.close()
+            return False
+        if not got:
+            conn.close()  # back to the pool: it holds no lock
+            return False
+        self.conn = conn
+        return True
+
+    def release(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.invalidate()  # closed for real, not back to the pool: the session lock ends
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
 
 
 def changes(session: Session, limit: int) -> list[SubscriptionChange]:

@@ -113,3 +113,25 @@ def test_one_dispatcher_at_a_time_on_postgresql(app, subscriber, receiver):
             other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": store._DISPATCHER_LOCK})
         with db.new_session() as session:
             assert dispatch_once(session) == 1
+
+
+def test_one_process_matches_and_another_takes_over_when_it_goes(app):
+    import pytest
+
+    from fhir_api import db
+    from resources.subscriptions.store import Leadership
+
+    with app.app_context():
+        engine = db.engine()
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite serves one process")
+    first, second = Leadership(engine), Leadership(engine)
+    try:
+        assert first.held() and first.held()
+        assert not second.held()
+        first.release()  # the leader's process ends (its connection closes)
+        second.next_try = 0.0
+        assert second.held()
+    finally:
+        first.release()
+        second.release()
