@@ -8,15 +8,15 @@ import ipaddress
 import socket
 import threading
 import time
-from datetime import timedelta
 
 import pytest
 
 from fhir_api import create_app, outbound
-from resources.subscriptions.delivery import Settings, post
+from resources.subscriptions.delivery import post
 from tests.helpers import authorized_client, created_id, fresh_database, issue, refuse_audit_inserts
 from tests.resources.subscriptions.conftest import pump, register
 from tests.resources.subscriptions.test_delivery import observation, subscription
+from tests.resources.subscriptions.test_outbound import settings
 
 BASE = "/fhir/R4"
 
@@ -169,24 +169,6 @@ def test_private_addresses_in_every_spelling(address, ok):
     assert outbound.public(ipaddress.ip_address(address)) is ok
 
 
-def test_a_forbidden_address_is_not_retried(app, subscriber, receiver, monkeypatch):
-    app.config["SUBSCRIPTION_ALLOW_PRIVATE"] = False
-    sub_id = created_id(
-        subscriber.post(f"{BASE}/Subscription", json=subscription("https://hooks.example.org/in"))
-    )
-    monkeypatch.setattr(
-        socket,
-        "getaddrinfo",
-        lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", 443))],
-    )
-    subscriber.post(f"{BASE}/Observation", json=observation())
-    pump(app, rounds=3, allow_private=False)
-    log = subscriber.get(f"{BASE}/Subscription/{sub_id}/$events").get_json()
-    event = next(p for p in log["parameter"] if p["name"] == "notification-event")
-    parts = {p["name"]: p for p in event["part"]}
-    assert parts["delivery-status"]["valueCode"] == "failed" and parts["attempts"]["valueInteger"] == 1
-
-
 def test_a_receiver_that_trickles_its_answer_cannot_hold_the_worker():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -206,16 +188,7 @@ def test_a_receiver_that_trickles_its_answer_cannot_hold_the_worker():
         conn.close()
 
     threading.Thread(target=tarpit, daemon=True).start()
-    s = Settings(
-        timeout=0.5,
-        max_failures=3,
-        retry_window=timedelta(hours=1),
-        backoff_base=1,
-        backoff_cap=2,
-        lease=timedelta(seconds=60),
-        allow_private=True,
-        secret_grace=timedelta(hours=1),
-    )
+    s = settings(timeout=0.5)
     started = time.monotonic()
     outcome = post(f"http://127.0.0.1:{server.getsockname()[1]}/in", b"{}", {}, s)
     took = time.monotonic() - started

@@ -83,7 +83,7 @@ def test_private_or_plain_http_endpoints_are_refused_unless_allowed(app, subscri
 
 
 def test_delivery_checks_the_resolved_address_every_time(app, subscriber, receiver, monkeypatch):
-    """A public name that resolves to a private address at delivery time is never called."""
+    """A public name that resolves to a private address at delivery time is never called, nor retried."""
     import socket
 
     app.config["SUBSCRIPTION_ALLOW_PRIVATE"] = False
@@ -100,6 +100,8 @@ def test_delivery_checks_the_resolved_address_every_time(app, subscriber, receiv
     attempt = next(p for p in event["part"] if p["name"] == "attempt")
     error = {q["name"]: q for q in attempt["part"]}["error"]["valueString"]
     assert "private, loopback or link-local" in error
+    parts = {p["name"]: p for p in event["part"]}
+    assert parts["delivery-status"]["valueCode"] == "failed" and parts["attempts"]["valueInteger"] == 1
 
 
 def test_stored_subscription_is_active_and_keeps_no_header_value(subscriber, receiver, app):
