@@ -58,7 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "EXPORT_POLL_INTERVAL": 1.0,
     # Subscriptions (rest-hook webhooks): each app process runs a worker thread that matches and delivers.
     "SUBSCRIPTION_WORKER": True,
-    "SUBSCRIPTION_POLL_SECONDS": 0.25,
+    "SUBSCRIPTION_POLL_SECONDS": 0.25,  # how often each process looks for events due
+    "SUBSCRIPTION_MATCH_SECONDS": 0.5,  # at least this long between matching batches (one process matches)
     "SUBSCRIPTION_ALLOW_PRIVATE": False,  # private/loopback or plain-http endpoints (tests, demo)
     "SUBSCRIPTION_TIMEOUT": 10,  # seconds an endpoint has to answer
     "SUBSCRIPTION_MAX_FAILURES": 10,  # consecutive failures before the subscription shows status error

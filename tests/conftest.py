@@ -61,6 +61,15 @@ def audit_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def subscription_workers_off() -> Iterator[None]:
+    """No app built in a test (live servers in threads included) starts a subscription worker thread: one
+    left running on the session's database would deliver with its own settings beside the tests' own
+    steps. The end-to-end tests turn it on for the servers they start."""
+    with environment("FHIR_SUBSCRIPTION_WORKER", "false"):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def rate_limits_off() -> Iterator[None]:
     """Tests fire requests faster than any client should; tests/fhir_api/test_rate_limits.py turns the
     limits on for itself."""
