@@ -24,6 +24,8 @@ EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
 
 
 TYPE_OVERRIDES: dict[str, Callable[[], dict[str, Any]]] = {}
+# What a feature adds to a type's generic entry (operations, documentation), e.g. Subscription's $events.
+TYPE_EXTRAS: dict[str, Callable[[], dict[str, Any]]] = {}
 """Resource types served by another package than the generic REST layer (the audit log's AuditEvent)."""
 
 
@@ -94,6 +96,7 @@ def capability_statement() -> dict[str, Any]:
                 if res_type == "Patient" and "everything" in found["instance"]
                 else {}
             ),
+            **(TYPE_EXTRAS[res_type]() if res_type in TYPE_EXTRAS else {}),
         }
         for res_type in supported_types()
     ]

@@ -13,15 +13,28 @@ from flask import Flask, Response, g
 
 from resources.subscriptions import models as _models  # noqa: F401 (its tables)
 
+EVENTS = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"
+
+
+def _capability() -> dict[str, object]:
+    return {
+        "documentation": "rest-hook channels only, criteria a search; notifications are signed "
+        "(X-Signature, HMAC-SHA256) Bundles in the R4 backport shape. Each client sees its own. Also "
+        "$replay and $rotate-secret (see the OpenAPI document).",
+        "operation": [{"name": "events", "definition": EVENTS}],
+    }
+
 
 def init_app(app: Flask, api: object) -> None:
     from resources.access import OWNED_TYPES
+    from resources.capability import TYPE_EXTRAS
     from resources.interactions import BEFORE_WRITE
     from resources.repository import WRITE_LISTENERS
     from resources.subscriptions import delivery, hooks, store, views
 
     BEFORE_WRITE["Subscription"] = hooks.before_write
     OWNED_TYPES["Subscription"] = store.owned
+    TYPE_EXTRAS["Subscription"] = _capability
     if not any(isinstance(x, hooks.Listener) for x in WRITE_LISTENERS):
         WRITE_LISTENERS.append(hooks.LISTENER)
     api.register_blueprint(views.blp)  # type: ignore[attr-defined]

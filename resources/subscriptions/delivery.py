@@ -199,9 +199,7 @@ def _work(
         now = db.now()
         if event is None or (event.next_attempt is not None and event.next_attempt > now):
             with db.write_transaction(session):
-                fresh = store.get(session, sub_id, lock=True)
-                if fresh is not None:
-                    fresh.due = store.next_due(session, sub_id)
+                _advance(session, sub_id)
             break
         access = access_of(session, sub)
         if access is None:
@@ -217,7 +215,7 @@ def _work(
             with db.write_transaction(session):
                 _lock_resource(session, sub_id)
                 _settle(session, event.id, "withheld", now)
-                _advance(session, sub_id, now)
+                _advance(session, sub_id)
             continue
         secrets_ = [sealed.open_(sub_id, sub.data_key, "secret", sub.secret)]
         if sub.old_secret and sub.old_until and sub.old_until > now:
@@ -279,7 +277,8 @@ def _settle(session: Session, delivery_id: int, outcome: str, now: datetime) -> 
         row.status, row.finished, row.next_attempt = outcome, now, None
 
 
-def _advance(session: Session, sub_id: str, now: datetime) -> None:
+def _advance(session: Session, sub_id: str) -> None:
+    """The subscription is due when its first pending event is (never, when none is pending)."""
     sub = store.get(session, sub_id, lock=True)
     if sub is not None:
         sub.due = store.next_due(session, sub_id)

@@ -18,7 +18,6 @@ from resources.subscriptions.models import (
 )
 
 LIVE = ("active", "error")  # statuses whose subscriptions are matched and delivered
-WATCHING = ("requested", "active", "error")
 
 _STATE = SubscriptionState.__table__
 _CHANGE = SubscriptionChange.__table__
@@ -36,8 +35,8 @@ OUTBOX = insert(_CHANGE).from_select(
         bindparam("c_deleted", type_=_CHANGE.c.deleted.type),
         bindparam("c_created", type_=_CHANGE.c.created.type),
     ).where(
-        # every status but off (WATCHING), spelled as a literal: the statement runs with the row's
-        # parameters only (a psycopg pipeline on PostgreSQL)
+        # every status but off (requested, active, error), spelled as a literal: the statement runs
+        # with the row's parameters only (a psycopg pipeline on PostgreSQL)
         exists().where(
             _STATE.c.criteria_type == bindparam("c_type"), _STATE.c.status != literal_column("'off'")
         )
@@ -238,11 +237,6 @@ def add_attempt(
         insert(_ATTEMPT),
         [{"delivery_id": delivery_id, "at": at, "code": code, "error": error, "latency_ms": latency_ms}],
     )
-
-
-def pending_count(session: Session) -> int:
-    d = SubscriptionDelivery
-    return int(session.execute(select(func.count()).select_from(d).where(d.status == "pending")).scalar_one())
 
 
 # -- the log and replay ------------------------------------------------------------------------------------

@@ -95,7 +95,10 @@ SYSTEM_INTERACTIONS = {
     "search-system": ("GET", "/"),
     "history-system": ("GET", "/_history"),
 }
-TYPE_OPERATIONS = {"everything": ("GET", "/{type}/{id}/$everything")}
+TYPE_OPERATIONS = {
+    "everything": ("GET", "/{type}/{id}/$everything"),
+    "events": ("GET", "/{type}/{id}/$events"),
+}
 SYSTEM_OPERATIONS = {"export": ("GET", "/$export"), "validate": ("POST", "/{type}/$validate")}
 
 

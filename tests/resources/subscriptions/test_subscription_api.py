@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from audit.models import AuditRow
 from fhir_api import db
+from resources import subscriptions
 from resources.subscriptions import definition, signing
 from tests.helpers import authorized_client, created_id, issue
 from tests.resources.subscriptions.conftest import pump, register
@@ -345,3 +346,10 @@ def test_no_event_is_taken_that_could_outlive_the_lease(app, subscriber, receive
     assert receiver.received == []
     pump(app)
     assert len(receiver.received) == 1
+
+
+def test_the_capability_statement_declares_subscriptions(anonymous):
+    statement = anonymous.get(f"{BASE}/metadata").get_json()
+    entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
+    assert {"name": "events", "definition": subscriptions.EVENTS} in entry["operation"]
+    assert "rest-hook" in entry["documentation"]
