@@ -552,6 +552,7 @@ def read_breakdown(args: argparse.Namespace, work: Path, keys: Keys, reads: int 
                     "PUBLIC_URL": "http://127.0.0.1:8000",
                     "AUDIT": audited,
                     "AUDIT_CHAIN_INTERVAL": 0,
+                    "RATE_LIMIT_ENABLED": False,  # one bench client: per-client limits are not measured
                     "LOG_LEVEL": "WARNING",
                 }
             )
