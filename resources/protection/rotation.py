@@ -23,7 +23,7 @@ from fhir_api.db import write_transaction
 from resources.models import ResourceVersion
 from resources.protection.models import IndexKey
 from resources.protection.service import Protection, index_key_aad
-from resources.search.models import BlindIndex
+from resources.search.indexer import blind_sets, blind_table
 
 Progress = Callable[[int], Any]
 
@@ -132,9 +132,8 @@ def begin_index_rotation(session: Session, shield: Protection) -> int:
 
 def stale_index_rows(session: Session, gen: int, limit: int = 1000) -> list[tuple[str, str]]:
     """Resources that still have blind-index rows under an older generation."""
-    rows = session.execute(
-        select(BlindIndex.res_type, BlindIndex.res_id).where(BlindIndex.gen != gen).distinct().limit(limit)
-    ).all()
+    t = blind_table(blind_sets(session))
+    rows = session.execute(select(t.res_type, t.res_id).where(t.gen != gen).distinct().limit(limit)).all()
     return [(t, i) for t, i in rows]
 
 

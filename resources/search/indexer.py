@@ -18,7 +18,7 @@ from resources.protection.blind import BLINDABLE_TYPES, hasher, hashes_for_rows,
 from resources.protection.policy import string_groups
 from resources.protection.service import IndexRoot, Protection
 from resources.search.definitions import SearchParam, params_for
-from resources.search.models import INDEX_TABLES, BlindIndex, CompositeIndex, TokenIndex
+from resources.search.models import INDEX_TABLES, BlindIndex, BlindSet, CompositeIndex, TokenIndex
 from resources.search.paths import compile_expression
 from resources.search.values import (
     COMPOSITE_EMPTY,
@@ -141,10 +141,21 @@ def tables_for(res_type: str) -> tuple[type, ...]:
 
 @dataclass(frozen=True)
 class BlindContext:
-    """A type's protected parameters and the blind-index root key new rows are written under."""
+    """A type's protected parameters, the blind-index root key new rows are written under, and whether
+    they go to ``search_blind_set`` (PostgreSQL) or ``search_blind``."""
 
     protected: frozenset[str]
     root: IndexRoot | None
+    sets: bool = False
+
+
+def blind_sets(session: Session) -> bool:
+    """Whether this database keeps blind hashes as one array per resource (PostgreSQL's GIN)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def blind_table(sets: bool) -> type:
+    return BlindSet if sets else BlindIndex
 
 
 def blind_context(session: Session, shield: Protection, res_type: str, writing: bool) -> BlindContext | None:
@@ -152,7 +163,7 @@ def blind_context(session: Session, shield: Protection, res_type: str, writing: 
     if not protected:
         return None
     roots = shield.index_roots(session, create=True) if writing else ()
-    return BlindContext(protected, roots[0] if roots else None)
+    return BlindContext(protected, roots[0] if roots else None, blind_sets(session))
 
 
 @cache
@@ -160,27 +171,37 @@ def _accessor(res_type: str, code: str) -> Callable[[Any, Any], list[Any]]:
     return compile_expression(params_for(res_type)[code].expression)
 
 
-def _blind_rows(
-    res_type: str, res_id: str, code: str, rows: Rows, blind: BlindContext, resource: dict[str, Any]
-) -> Rows:
+def _blind_hashes(
+    res_type: str, code: str, rows: Rows, blind: BlindContext, resource: dict[str, Any]
+) -> set[int]:
     """A protected parameter's plain rows as keyed hashes (none for types blind indexes cannot serve).
 
     The parts of a HumanName or Address are hashed once, labelled, under the owning parameter (``name``,
     ``address``); the parameters that search single parts (``family``, ``address-city``) write nothing."""
     param = params_for(res_type).get(code)
     if blind.root is None or param is None or param.type not in BLINDABLE_TYPES:
-        return []
+        return set()
     group = string_groups(res_type).get(code)
     if group is not None and group[0] != code:
-        return []  # searched through the owner's labelled rows
+        return set()  # searched through the owner's labelled rows
     h = hasher(blind.root.root, res_type, code)
     if group is not None:
-        hashes = part_hashes(_accessor(res_type, code)(resource, resource), group[1], h)
-    else:
-        hashes = hashes_for_rows(param.type, rows, h)
+        return part_hashes(_accessor(res_type, code)(resource, resource), group[1], h)
+    return hashes_for_rows(param.type, rows, h)
+
+
+def _blind_table_rows(res_type: str, res_id: str, blind: BlindContext, hashes: dict[str, set[int]]) -> Rows:
+    """One ``search_blind_set`` row with every hash, or a ``search_blind`` row per hash."""
+    if blind.root is None:
+        return []
     gen = blind.root.gen
+    if blind.sets:
+        every = sorted(set().union(*hashes.values()))
+        return [{"res_type": res_type, "res_id": res_id, "gen": gen, "hashes": every}] if every else []
     return [
-        {"res_type": res_type, "res_id": res_id, "param": code, "hash": value, "gen": gen} for value in hashes
+        {"res_type": res_type, "res_id": res_id, "param": code, "hash": value, "gen": gen}
+        for code, values in hashes.items()
+        for value in values
     ]
 
 
@@ -194,6 +215,7 @@ def index_rows(
     """Index rows per table; values repeated within one parameter are stored once. A protected
     parameter's values become blind-index rows only: no clear value reaches an index table."""
     out: dict[type, Rows] = {}
+    hashes: dict[str, set[int]] = {}
     for code, table, make_rows in extractors(res_type):
         try:
             rows = make_rows(resource, local_base)
@@ -205,8 +227,7 @@ def index_rows(
             continue
         if blind is not None and code.removesuffix(IDENTIFIER_SUFFIX) in blind.protected:
             if code in blind.protected:
-                found = _blind_rows(res_type, res_id, code, rows, blind, resource)
-                out.setdefault(BlindIndex, []).extend(found)
+                hashes[code] = _blind_hashes(res_type, code, rows, blind, resource)
             continue
         seen: set[tuple[Any, ...]] = set()
         bucket = out.setdefault(table, [])
@@ -216,10 +237,12 @@ def index_rows(
                 continue
             seen.add(key)
             bucket.append({"res_type": res_type, "res_id": res_id, "param": code, **row})
+    if blind is not None and (found := _blind_table_rows(res_type, res_id, blind, hashes)):
+        out[blind_table(blind.sets)] = found
     return out
 
 
-_ALL_TABLES = {*INDEX_TABLES.values(), BlindIndex}
+_ALL_TABLES = {*INDEX_TABLES.values(), BlindIndex, BlindSet}
 _DELETE = {
     model: delete(model.__table__).where(
         model.__table__.c.res_type == bindparam("res_type"), model.__table__.c.res_id == bindparam("res_id")
@@ -241,7 +264,7 @@ def index_batch(
     """The statements that replace a resource's index rows (none remain for a deleted resource)."""
     batch: Batch = []
     if replace:
-        tables = tables_for(res_type) + ((BlindIndex,) if blind is not None else ())
+        tables = tables_for(res_type) + ((blind_table(blind.sets),) if blind is not None else ())
         batch += [(_DELETE[table], [{"res_type": res_type, "res_id": res_id}]) for table in tables]
     if resource is not None:
         rows_by_table = index_rows(res_type, res_id, resource, local_base, blind)

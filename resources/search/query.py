@@ -14,7 +14,8 @@ from decimal import Decimal, InvalidOperation
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, literal, not_, or_, select
+from sqlalchemy import BigInteger, ColumnElement, and_, cast, exists, false, func, literal, not_, or_, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import AliasedClass
 
@@ -28,10 +29,11 @@ from resources.protection.policy import complex_valued, date_only, single_date, 
 from resources.registry import R4_RESOURCE_TYPES, supported_types
 from resources.search import values as normalise
 from resources.search.definitions import SearchParam, params_for
-from resources.search.indexer import IDENTIFIER_SUFFIX
+from resources.search.indexer import IDENTIFIER_SUFFIX, blind_sets
 from resources.search.models import (
     INDEX_TABLES,
     BlindIndex,
+    BlindSet,
     DateIndex,
     ReferenceIndex,
     TokenIndex,
@@ -343,12 +345,16 @@ def _index_exists(
     res_type: str | None,
     outer: AliasedClass[Resource],
     table: Any,
-    code: str,
+    code: str | None,
     clause: ColumnElement[bool] | None,
 ) -> ColumnElement[bool]:
     t = table
-    conditions = [t.res_id == outer.res_id, t.param == code]
-    conditions.insert(0, t.res_type == res_type if res_type else t.res_type == outer.res_type)
+    conditions = [
+        t.res_type == res_type if res_type else t.res_type == outer.res_type,
+        t.res_id == outer.res_id,
+    ]
+    if code is not None:  # None: search_blind_set, whose hashes say their parameter
+        conditions.append(t.param == code)
     if clause is not None:
         conditions.append(clause)
     return exists(select(literal(1)).where(*conditions))
@@ -374,12 +380,31 @@ def _blind_presence(res_type: str, outer: AliasedClass[Resource], param: SearchP
     """Whether a protected parameter has a value: its presence hash (per part, for grouped parts)."""
     group = string_groups(param.base).get(param.code)
     owner = group[0] if group else param.code
+    session = db.session()
+    hashers = protection.current().hashers(session, param.base, owner)
     if group is None or group[0] == param.code:
-        return _index_exists(res_type, outer, aliased(BlindIndex), owner, None)
+        wanted = [h("any", "") for h in hashers]
+    else:
+        wanted = [h(f"any:{part}", "") for h in hashers for part in group[1]]
+    t, code, clause = _blind_lookup(session, owner, wanted)
+    return _index_exists(res_type, outer, t, code, clause)
+
+
+def _blind_lookup(
+    session: Session, code: str, wanted: list[int]
+) -> tuple[Any, str | None, ColumnElement[bool]]:
+    """(index alias, parameter to match or None, condition): a resource's blind hashes of ``code`` include
+    one of ``wanted``. On PostgreSQL an overlap with the resource's array (GIN), elsewhere hash rows."""
+    unique = sorted(set(wanted))
+    if blind_sets(session):
+        s = aliased(BlindSet)
+        found = s.hashes.overlap(cast(literal(unique, _HASHES), _HASHES)) if unique else false()
+        return s, None, found
     t = aliased(BlindIndex)
-    hashers = protection.current().hashers(db.session(), param.base, owner)
-    wanted = [h(f"any:{part}", "") for h in hashers for part in group[1]]
-    return _index_exists(res_type, outer, t, owner, t.hash.in_(wanted) if wanted else false())
+    return t, code, t.hash.in_(unique) if unique else false()
+
+
+_HASHES = ARRAY(BigInteger)
 
 
 def _special(res_type: str, outer: AliasedClass[Resource], code: str, modifier: str, value: str, name: str):
@@ -440,8 +465,9 @@ def parameter_clause(
 
 def _matching(
     ctx: SearchContext, param: SearchParam, modifier: str, value: str, name: str
-) -> tuple[Any, str, ColumnElement[bool], bool]:
-    """(index table alias, param column value, condition on the alias, whether to negate the EXISTS)."""
+) -> tuple[Any, str | None, ColumnElement[bool], bool]:
+    """(index table alias, param column value or None, condition on the alias, whether to negate the
+    EXISTS)."""
     code = param.code
     if code in protection.current().protected_params(param.base):
         return _blind_matching(ctx, param, modifier, value, name)
@@ -476,8 +502,8 @@ def _matching(
 
 def _blind_matching(
     ctx: SearchContext, param: SearchParam, modifier: str, value: str, name: str
-) -> tuple[Any, str, ColumnElement[bool], bool]:
-    """A protected parameter: the same matching, as keyed-hash equality on ``search_blind``."""
+) -> tuple[Any, str | None, ColumnElement[bool], bool]:
+    """A protected parameter: the same matching, as keyed hashes looked up in the blind index."""
     if param.type not in blind.BLINDABLE_TYPES:
         raise blind.Unservable(
             f"Parameter {name}: {param.code} is indexed from a protected element, and {param.type} "
@@ -516,9 +542,8 @@ def _blind_matching(
             found = _blind_hashes(ctx, param, modifier, v, name, h)
             if h is not _NO_KEY:
                 wanted += found
-    t = aliased(BlindIndex)
-    clause = t.hash.in_(sorted(set(wanted))) if wanted else false()
-    return t, owner, clause, modifier in ("not", "not-in")
+    t, code, clause = _blind_lookup(session, owner, wanted)
+    return t, code, clause, modifier in ("not", "not-in")
 
 
 _NO_KEY = blind.Hasher(b"\x00" * 32)  # stands in while no key exists yet: values are still checked
@@ -654,11 +679,10 @@ def _ids_matching(
         if param.type in INDEX_TABLES and param.expression:
             table, index_code, matches, negate = _matching(ctx, param, modifier, value, name)
             if not negate:
-                return exists(
-                    select(literal(1)).where(
-                        table.res_type == res_type, table.res_id == id_col, table.param == index_code, matches
-                    )
-                )
+                conditions = [table.res_type == res_type, table.res_id == id_col, matches]
+                if index_code is not None:
+                    conditions.append(table.param == index_code)
+                return exists(select(literal(1)).where(*conditions))
     clause = parameter_clause(ctx, res_type, inner, name, value)
     conditions = [inner.res_type == res_type, inner.deleted.is_(False), inner.res_id == id_col]
     if clause is not None:
@@ -761,7 +785,9 @@ def _many_sources(ctx: SearchContext, res_type: str, name: str, value: str) -> b
     table, index_code, matches, negate = _matching(ctx, param, modifier, value, name)
     if negate:
         return False
-    sample = select(table.res_id).where(table.res_type == res_type, table.param == index_code, matches)
+    sample = select(table.res_id).where(table.res_type == res_type, matches)
+    if index_code is not None:
+        sample = sample.where(table.param == index_code)
     found = session.execute(
         select(func.count()).select_from(sample.limit(MANY_SOURCES).subquery())
     ).scalar_one()
@@ -822,8 +848,10 @@ def _merge_protected_date_ranges(
         hashers = shield.hashers(ctx.session if ctx.session is not None else db.session(), res_type, name)
         dates_only = date_only(res_type, name)
         wanted = [x for h in hashers for x in blind.date_range_hashes(conditions, h, dates_only=dates_only)]
-        t = aliased(BlindIndex)
-        merged.append(_index_exists(res_type, outer, t, name, t.hash.in_(wanted) if wanted else false()))
+        t, code, clause = _blind_lookup(
+            ctx.session if ctx.session is not None else db.session(), name, wanted
+        )
+        merged.append(_index_exists(res_type, outer, t, code, clause))
         params = [(n, v) for n, v in params if not (n == name and v in values)]
     return params, merged
 

@@ -270,6 +270,8 @@ def opaque_text(engine) -> bytes:
                 pieces.append(data_key)
         pieces += [w for (w,) in conn.execute(text("SELECT wrapped FROM crypto_index_key"))]
         pieces += [str(h) for (h,) in conn.execute(text("SELECT hash FROM search_blind"))]
+        if engine.dialect.name == "postgresql":
+            pieces += [str(h) for (h,) in conn.execute(text("SELECT unnest(hashes) FROM search_blind_set"))]
         # the audit log's random ids, MACs, chain hashes, token ids and blinded query values
         for body, event_id, mac in conn.execute(text("SELECT body, event_id, mac FROM audit_event")):
             pieces += [event_id, mac or "", *re.findall(r"[0-9a-f-]{16,}", body)]
