@@ -203,9 +203,13 @@ class Storage:
     @property
     def per_patient(self) -> str:
         n = max(self.patients, 1)
-        total = sum(self.index_rows.values()) / n
-        blind = self.index_rows.get("search_blind", 0) / n
-        return f"{total:.0f} index rows per Patient ({blind:.0f} of them blind-index hashes)"
+        rows = sum(n for t, n in self.index_rows.items() if t != "blind hashes") / n
+        blind = self.index_rows.get("blind hashes", 0) / n
+        sets = self.index_rows.get("search_blind_set", 0) / n
+        return (
+            f"{rows:.0f} index rows per Patient ({sets:.0f} of them blind-hash arrays, holding {blind:.0f} "
+            "keyed hashes)"
+        )
 
 
 def storage_check(db_url: str) -> Storage:
@@ -221,6 +225,8 @@ def storage_check(db_url: str) -> Storage:
             ).fetchall()
         ]
         counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}  # type: ignore[index]
+        hashes = conn.execute("SELECT coalesce(sum(cardinality(hashes)), 0) FROM search_blind_set").fetchone()
+        counts["blind hashes"] = counts.get("search_blind", 0) + int(hashes[0])  # type: ignore[index]
     assert row is not None
     return Storage(
         int(row[0]), int(row[1]), int(row[2]), str(row[3] or ""), {t: int(n) for t, n in counts.items()}
@@ -607,7 +613,7 @@ def rotate(db_url: str, env: dict[str, str], grace: float = 2.0) -> Rotation:
 
 
 def blind_lookups(sets: dict[str, list[Args]]) -> dict[str, list[int]]:
-    """How many keyed hashes each request's protected search looks up in search_blind (any root key: the
+    """How many keyed hashes each request's protected search looks up in the blind index (any root key: the
     count does not depend on it), computed the way the server computes them."""
     from resources.dates import parse_range
     from resources.protection import blind
@@ -699,11 +705,12 @@ def run_search(args: argparse.Namespace, work: Path) -> SearchReport:
             with psycopg.connect(_conninfo(dbs[name])) as conn:
                 keyed, blind = conn.execute(
                     "SELECT (SELECT count(*) FROM resource_version WHERE data_key IS NOT NULL), "
-                    "(SELECT count(*) FROM search_blind)"
+                    "(SELECT count(*) FROM search_blind) "
+                    "+ (SELECT coalesce(sum(cardinality(hashes)), 0) FROM search_blind_set)"
                 ).fetchone()  # type: ignore[misc]
             print(
                 f"  {n:,} resources in {seconds:.0f} s ({n / seconds:,.0f}/s); VACUUM ANALYZE + CHECKPOINT "
-                f"{vacuum:.0f} s; {keyed:,} versions with a data key, {blind:,} blind-index rows, "
+                f"{vacuum:.0f} s; {keyed:,} versions with a data key, {blind:,} blind-index hashes, "
                 f"string index {rows.get('search_string', 0):,} rows; "
                 f"database {rows['_bytes'] / 2**20:,.0f} MB",
                 flush=True,
@@ -794,7 +801,7 @@ def print_search(rep: SearchReport) -> None:
                 )
                 for err in lat.errors[:3]:
                     print(f"      {err}")
-    print("  keyed hashes a protected request looks up in search_blind, median (min-max):")
+    print("  keyed hashes a protected request looks up in the blind index, median (min-max):")
     for label, counts in rep.lookups.items():
         print(f"    {label:<52}{statistics.median(counts):g} ({min(counts)}-{max(counts)})")
     print_equality(rep.equality, "same results? ids of every page (_count=1000), protected / unprotected:")
