@@ -23,7 +23,7 @@ from fhir_api.db import write_transaction
 from resources.models import ResourceVersion
 from resources.protection.models import IndexKey
 from resources.protection.service import Protection, index_key_aad
-from resources.search.indexer import blind_sets, blind_table
+from resources.search.indexer import blind_sets, blind_tables
 
 Progress = Callable[[int], Any]
 
@@ -132,9 +132,11 @@ def begin_index_rotation(session: Session, shield: Protection) -> int:
 
 def stale_index_rows(session: Session, gen: int, limit: int = 1000) -> list[tuple[str, str]]:
     """Resources that still have blind-index rows under an older generation."""
-    t = blind_table(blind_sets(session))
-    rows = session.execute(select(t.res_type, t.res_id).where(t.gen != gen).distinct().limit(limit)).all()
-    return [(t, i) for t, i in rows]
+    found: dict[tuple[str, str], None] = {}
+    for t in blind_tables(blind_sets(session)):
+        stmt = select(t.res_type, t.res_id).where(t.gen != gen).distinct().limit(limit)
+        found.update(dict.fromkeys((r[0], r[1]) for r in session.execute(stmt)))
+    return list(found)[:limit]
 
 
 def finish_index_rotation(session: Session, shield: Protection, gen: int) -> None:

@@ -150,12 +150,24 @@ class BlindContext:
 
 
 def blind_sets(session: Session) -> bool:
-    """Whether this database keeps blind hashes as one array per resource (PostgreSQL's GIN)."""
+    """Whether this database keeps string and token blind hashes as one array per resource (PostgreSQL's
+    GIN); elsewhere every hash is a row of ``search_blind``."""
     return session.get_bind().dialect.name == "postgresql"
 
 
-def blind_table(sets: bool) -> type:
-    return BlindSet if sets else BlindIndex
+def blind_tables(sets: bool) -> tuple[type, ...]:
+    return (BlindSet, BlindIndex) if sets else (BlindIndex,)
+
+
+def in_set(res_type: str, code: str) -> bool:
+    """Where sets are kept, whether a protected parameter's hashes go to the array.
+
+    Strings and tokens do: about a hundred hashes per resource, looked up one or two at a time. Dates stay
+    rows: a handful of bucket hashes per value, but a range looks up a few hundred buckets at once, which a
+    btree answers directly, while ``&&`` compares every pair and PostgreSQL misjudges how many arrays
+    share one of so many elements (it then filters every resource's array in page order)."""
+    param = params_for(res_type).get(code)
+    return param is not None and param.type != "date"
 
 
 def blind_context(session: Session, shield: Protection, res_type: str, writing: bool) -> BlindContext | None:
@@ -190,19 +202,28 @@ def _blind_hashes(
     return hashes_for_rows(param.type, rows, h)
 
 
-def _blind_table_rows(res_type: str, res_id: str, blind: BlindContext, hashes: dict[str, set[int]]) -> Rows:
-    """One ``search_blind_set`` row with every hash, or a ``search_blind`` row per hash."""
+def _blind_table_rows(
+    res_type: str, res_id: str, blind: BlindContext, hashes: dict[str, set[int]]
+) -> dict[type, Rows]:
+    """A ``search_blind`` row per hash, but where sets are kept, one ``search_blind_set`` row with every
+    string and token hash (``in_set``)."""
     if blind.root is None:
-        return []
+        return {}
     gen = blind.root.gen
-    if blind.sets:
-        every = sorted(set().union(*hashes.values()))
-        return [{"res_type": res_type, "res_id": res_id, "gen": gen, "hashes": every}] if every else []
-    return [
-        {"res_type": res_type, "res_id": res_id, "param": code, "hash": value, "gen": gen}
-        for code, values in hashes.items()
-        for value in values
-    ]
+    arrayed: set[int] = set()
+    rows: Rows = []
+    for code, values in hashes.items():
+        if blind.sets and in_set(res_type, code):
+            arrayed |= values
+        else:
+            rows += [
+                {"res_type": res_type, "res_id": res_id, "param": code, "hash": value, "gen": gen}
+                for value in values
+            ]
+    out: dict[type, Rows] = {BlindIndex: rows} if rows else {}
+    if arrayed:
+        out[BlindSet] = [{"res_type": res_type, "res_id": res_id, "gen": gen, "hashes": sorted(arrayed)}]
+    return out
 
 
 def index_rows(
@@ -237,8 +258,8 @@ def index_rows(
                 continue
             seen.add(key)
             bucket.append({"res_type": res_type, "res_id": res_id, "param": code, **row})
-    if blind is not None and (found := _blind_table_rows(res_type, res_id, blind, hashes)):
-        out[blind_table(blind.sets)] = found
+    if blind is not None:
+        out.update(_blind_table_rows(res_type, res_id, blind, hashes))
     return out
 
 
@@ -264,7 +285,7 @@ def index_batch(
     """The statements that replace a resource's index rows (none remain for a deleted resource)."""
     batch: Batch = []
     if replace:
-        tables = tables_for(res_type) + ((blind_table(blind.sets),) if blind is not None else ())
+        tables = tables_for(res_type) + (blind_tables(blind.sets) if blind is not None else ())
         batch += [(_DELETE[table], [{"res_type": res_type, "res_id": res_id}]) for table in tables]
     if resource is not None:
         rows_by_table = index_rows(res_type, res_id, resource, local_base, blind)

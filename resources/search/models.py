@@ -186,7 +186,8 @@ class BlindIndex(_IndexRow, Base):
 
 
 class BlindSet(Base):
-    """PostgreSQL's form of ``search_blind``: every keyed hash of a resource in one array, under a GIN index.
+    """PostgreSQL's form of ``search_blind`` for strings and tokens: a resource's keyed hashes in one array,
+    under a GIN index (dates stay rows: resources.search.indexer.in_set).
 
     A protected Patient has about a hundred hashes (every prefix of every name part): as rows, each write
     inserted a hundred heap tuples and two hundred btree entries; as one array it is one tuple whose GIN

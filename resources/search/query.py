@@ -29,7 +29,7 @@ from resources.protection.policy import complex_valued, date_only, single_date, 
 from resources.registry import R4_RESOURCE_TYPES, supported_types
 from resources.search import values as normalise
 from resources.search.definitions import SearchParam, params_for
-from resources.search.indexer import IDENTIFIER_SUFFIX, blind_sets
+from resources.search.indexer import IDENTIFIER_SUFFIX, blind_sets, in_set
 from resources.search.models import (
     INDEX_TABLES,
     BlindIndex,
@@ -386,20 +386,20 @@ def _blind_presence(res_type: str, outer: AliasedClass[Resource], param: SearchP
         wanted = [h("any", "") for h in hashers]
     else:
         wanted = [h(f"any:{part}", "") for h in hashers for part in group[1]]
-    t, code, clause = _blind_lookup(session, owner, wanted)
+    t, code, clause = _blind_lookup(session, param.base, owner, wanted)
     return _index_exists(res_type, outer, t, code, clause)
 
 
 def _blind_lookup(
-    session: Session, code: str, wanted: list[int]
+    session: Session, res_type: str, code: str, wanted: list[int]
 ) -> tuple[Any, str | None, ColumnElement[bool]]:
     """(index alias, parameter to match or None, condition): a resource's blind hashes of ``code`` include
-    one of ``wanted``. On PostgreSQL an overlap with the resource's array (GIN), elsewhere hash rows."""
+    one of ``wanted``. An overlap with the resource's array (GIN) where sets hold them (``in_set``),
+    otherwise hash rows of the parameter."""
     unique = sorted(set(wanted))
-    if blind_sets(session):
+    if blind_sets(session) and in_set(res_type, code):
         s = aliased(BlindSet)
-        found = s.hashes.overlap(cast(literal(unique, _HASHES), _HASHES)) if unique else false()
-        return s, None, found
+        return s, None, s.hashes.overlap(cast(literal(unique, _HASHES), _HASHES)) if unique else false()
     t = aliased(BlindIndex)
     return t, code, t.hash.in_(unique) if unique else false()
 
@@ -542,7 +542,7 @@ def _blind_matching(
             found = _blind_hashes(ctx, param, modifier, v, name, h)
             if h is not _NO_KEY:
                 wanted += found
-    t, code, clause = _blind_lookup(session, owner, wanted)
+    t, code, clause = _blind_lookup(session, param.base, owner, wanted)
     return t, code, clause, modifier in ("not", "not-in")
 
 
@@ -849,7 +849,7 @@ def _merge_protected_date_ranges(
         dates_only = date_only(res_type, name)
         wanted = [x for h in hashers for x in blind.date_range_hashes(conditions, h, dates_only=dates_only)]
         t, code, clause = _blind_lookup(
-            ctx.session if ctx.session is not None else db.session(), name, wanted
+            ctx.session if ctx.session is not None else db.session(), res_type, name, wanted
         )
         merged.append(_index_exists(res_type, outer, t, code, clause))
         params = [(n, v) for n, v in params if not (n == name and v in values)]

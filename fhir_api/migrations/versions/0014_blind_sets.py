@@ -1,7 +1,7 @@
-"""Blind-index hashes as one array per resource on PostgreSQL (``search_blind_set``, GIN-indexed).
+"""String and token blind hashes as one array per resource on PostgreSQL (``search_blind_set``, GIN).
 
-Existing PostgreSQL rows move from ``search_blind`` into the new table; SQLite keeps ``search_blind`` and
-the new table stays empty there.
+Existing PostgreSQL rows of string and token parameters move from ``search_blind`` into the new table;
+date buckets stay rows. SQLite keeps every hash in ``search_blind`` and the new table stays empty there.
 
 Revision ID: 0014
 Revises: 0013
@@ -35,15 +35,28 @@ def upgrade() -> None:
         postgresql_using="gin",
         postgresql_with={"fastupdate": "on", "gin_pending_list_limit": 1024},
     )
-    if op.get_bind().dialect.name == "postgresql":
-        # A resource's rows share one generation, but a rotation cut short could leave two: the oldest is
-        # kept, so the rebuild still finds the resource stale.
-        op.execute(
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    from resources.search.indexer import in_set
+
+    pairs = bind.execute(sa.text("SELECT DISTINCT res_type, param FROM search_blind")).all()
+    moving = [(t, p) for t, p in pairs if in_set(t, p)]
+    if not moving:
+        return
+    chosen = "(res_type, param) IN (SELECT * FROM unnest(CAST(:types AS text[]), CAST(:params AS text[])))"
+    params = {"types": [t for t, _ in moving], "params": [p for _, p in moving]}
+    # A resource's rows share one generation, but a rotation cut short could leave two: the oldest is kept,
+    # so the rebuild still finds the resource stale.
+    bind.execute(
+        sa.text(
             "INSERT INTO search_blind_set (res_type, res_id, gen, hashes) "
             "SELECT res_type, res_id, min(gen), array_agg(DISTINCT hash ORDER BY hash) "
-            "FROM search_blind GROUP BY res_type, res_id"
-        )
-        op.execute("DELETE FROM search_blind")
+            f"FROM search_blind WHERE {chosen} GROUP BY res_type, res_id"
+        ),
+        params,
+    )
+    bind.execute(sa.text(f"DELETE FROM search_blind WHERE {chosen}"), params)
 
 
 def downgrade() -> None:
