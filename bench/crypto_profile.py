@@ -56,6 +56,7 @@ def make_app(db_url: str, protected: bool, key_file: Path, signing: Path) -> Any
             "AUTH_SIGNING_KEY_FILE": str(signing),
             "PUBLIC_URL": "http://localhost",
             "LOG_LEVEL": "WARNING",  # no access log line per request on this terminal
+            "RATE_LIMIT_ENABLED": False,  # one in-process client: per-client limits are not measured
         }
     )
 
