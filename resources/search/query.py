@@ -352,12 +352,17 @@ def _index_exists(
     conditions = [
         t.res_type == res_type if res_type else t.res_type == outer.res_type,
         t.res_id == outer.res_id,
+        *_of_param(t, code),
     ]
-    if code is not None:  # None: search_blind_set, whose hashes say their parameter
-        conditions.append(t.param == code)
     if clause is not None:
         conditions.append(clause)
     return exists(select(literal(1)).where(*conditions))
+
+
+def _of_param(table: Any, code: str | None) -> list[ColumnElement[bool]]:
+    """The condition naming the parameter in an index table: none for ``search_blind_set`` (code None),
+    whose hashes say their parameter."""
+    return [] if code is None else [table.param == code]
 
 
 def _missing(res_type: str, outer: AliasedClass[Resource], param: SearchParam, value: str, name: str):
@@ -679,10 +684,14 @@ def _ids_matching(
         if param.type in INDEX_TABLES and param.expression:
             table, index_code, matches, negate = _matching(ctx, param, modifier, value, name)
             if not negate:
-                conditions = [table.res_type == res_type, table.res_id == id_col, matches]
-                if index_code is not None:
-                    conditions.append(table.param == index_code)
-                return exists(select(literal(1)).where(*conditions))
+                return exists(
+                    select(literal(1)).where(
+                        table.res_type == res_type,
+                        table.res_id == id_col,
+                        *_of_param(table, index_code),
+                        matches,
+                    )
+                )
     clause = parameter_clause(ctx, res_type, inner, name, value)
     conditions = [inner.res_type == res_type, inner.deleted.is_(False), inner.res_id == id_col]
     if clause is not None:
@@ -785,9 +794,7 @@ def _many_sources(ctx: SearchContext, res_type: str, name: str, value: str) -> b
     table, index_code, matches, negate = _matching(ctx, param, modifier, value, name)
     if negate:
         return False
-    sample = select(table.res_id).where(table.res_type == res_type, matches)
-    if index_code is not None:
-        sample = sample.where(table.param == index_code)
+    sample = select(table.res_id).where(table.res_type == res_type, *_of_param(table, index_code), matches)
     found = session.execute(
         select(func.count()).select_from(sample.limit(MANY_SOURCES).subquery())
     ).scalar_one()
