@@ -191,11 +191,12 @@ def test_an_insurer_is_told_only_of_its_members_claims(app, receiver):
 
 def test_nothing_is_sent_once_the_owner_may_no_longer_read(app, subscriber, receiver):
     sub_id, _ = _create(subscriber, subscription(receiver.url))
-    with app.app_context(), db.new_session() as session:
-        from fhir_api.auth.models import AuthClient
+    from fhir_api.auth.models import AuthClient
 
+    # A writer transaction from the start: on SQLite a read-then-write transaction fails at once
+    # ("database is locked") when a background thread committed between the read and the write.
+    with app.app_context(), db.new_session() as session, db.write_transaction(session):
         session.get(AuthClient, "hospital-sub").disabled = True
-        session.commit()
     authorized_client(app).post(f"{BASE}/Observation", json=observation())
     pump(app, rounds=5)
     assert receiver.received == []
