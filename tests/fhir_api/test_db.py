@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import func, insert, select
+import threading
+from datetime import UTC, datetime
 
+import pytest
+from sqlalchemy import bindparam, func, insert, literal_column, select, update
+from sqlalchemy.exc import IntegrityError
+
+from audit.models import AuditLink
 from fhir_api import db
-from resources.search.models import TokenIndex
+from resources.search.models import NumberIndex, TokenIndex
 
 
 def _rows(n: int, res_id: str = "r1") -> list[dict]:
@@ -53,3 +58,154 @@ def test_ordinary_transaction_takes_several_batches(app):
         db.execute_batch(s, [(insert(TokenIndex.__table__), _rows(2))])
         db.execute_batch(s, [(insert(TokenIndex.__table__), _rows(2, "r2"))])
     assert _count(app) == 4
+
+
+# -- commit_batch: a batch that ends the request's transaction (audit records of reads) ----------------------
+_AWKWARD = ["it's", "back\\slash", "$$ dollar $$", "semi; COMMIT; DROP TABLE x", "new\nline", "ünïcödé ✓ 🩺"]
+
+
+def _link_rows(event_id: str, when: datetime) -> list[dict]:
+    return [{"event_id": event_id, "kind": "entity", "ref": ref, "recorded": when} for ref in _AWKWARD]
+
+
+def _links(app, event_id: str) -> list[tuple[str, datetime]]:
+    with app.app_context(), db.new_session() as s:
+        rows = s.execute(select(AuditLink.ref, AuditLink.recorded).where(AuditLink.event_id == event_id))
+        return sorted(rows.all())
+
+
+def test_commit_batch_stores_every_value_exactly(app, monkeypatch):
+    """Quotes, backslashes, dollar quotes, statement separators, newlines and non-ASCII text, and a datetime
+    to the microsecond, come back as they were sent. On PostgreSQL they travel as quoted literals in one
+    query: the pipeline must not have been used."""
+    when = datetime(2026, 11, 24, 23, 59, 58, 123456, tzinfo=UTC)
+    with app.app_context(), db.new_session() as s:
+        if s.connection().dialect.name == "postgresql":
+            import psycopg
+
+            monkeypatch.setattr(psycopg.Connection, "pipeline", _not_called)
+        s.execute(select(func.count()).select_from(AuditLink))  # the read that opens the transaction
+        db.commit_batch(s, [(insert(AuditLink.__table__), _link_rows("ev-exact", when))])
+        assert not s.in_transaction()
+    assert _links(app, "ev-exact") == sorted((ref, when) for ref in _AWKWARD)
+
+
+def test_commit_batch_that_fails_writes_nothing_and_raises_integrity_error(app):
+    when = datetime(2026, 11, 24, tzinfo=UTC)
+    rows = _link_rows("ev-twice", when)
+    with app.app_context(), db.new_session() as s:
+        before = s.execute(select(func.count()).select_from(AuditLink)).scalar_one()
+        with pytest.raises(IntegrityError):
+            db.commit_batch(s, [(insert(AuditLink.__table__), [*rows, rows[0]])])  # a duplicate key
+        assert s.execute(select(func.count()).select_from(AuditLink)).scalar_one() == before  # still usable
+    assert _links(app, "ev-twice") == []
+
+
+def test_a_batch_with_a_value_a_literal_cannot_carry_goes_through_the_pipeline(app, monkeypatch):
+    """A non-finite float (as bytes or a list of strings would be) is not rendered as a literal: the
+    bound-parameter pipeline takes the whole batch, and every row is written."""
+    used = []
+    real = db._execute_as_text
+    monkeypatch.setattr(db, "_execute_as_text", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    numbers = [{"res_type": "Observation", "res_id": "o1", "param": "value-quantity", "value": float("inf")}]
+    batch = [(insert(TokenIndex.__table__), _rows(2)), (insert(NumberIndex.__table__), numbers)]
+    with app.app_context(), db.new_session() as s:
+        postgres = s.connection().dialect.name == "postgresql"
+        s.execute(select(func.count()).select_from(TokenIndex))
+        db.commit_batch(s, batch)
+    assert _count(app) == 2
+    with app.app_context(), db.new_session() as s:
+        assert s.execute(select(NumberIndex.value)).scalars().all() == [float("inf")]
+    assert used == [False] or not postgres
+
+
+def _not_called(*_args, **_kwargs):
+    raise AssertionError("the pipeline was used for a batch of plain values")
+
+
+def test_an_insert_from_select_and_an_update_fill_their_own_placeholders(app, monkeypatch):
+    """Statements that are not plain INSERTs bind names of their own: on PostgreSQL each row becomes one
+    statement with its values quoted into those placeholders, in the same single query."""
+    sent = []
+    real = db._execute_as_text
+    monkeypatch.setattr(db, "_execute_as_text", lambda *a, **k: sent.append(real(*a, **k)) or sent[-1])
+    columns = ["res_type", "res_id", "param", "system", "code"]
+    constants = (literal_column(f"'{v}'") for v in ("identifier", "s", "100% sure"))
+    picked = select(bindparam("t"), bindparam("i"), *constants)
+    copy = insert(TokenIndex.__table__).from_select(columns, picked)
+    table = TokenIndex.__table__
+    rename = update(table).where(table.c.res_id == bindparam("old")).values(res_id=bindparam("new"))
+    batch = [
+        (insert(table), _rows(1)),
+        (copy, [{"t": "Patient", "i": "fs1"}, {"t": "Patient", "i": "fs2"}]),
+        (rename, [{"old": "fs2", "new": "fs3"}]),
+    ]
+    with app.app_context(), db.new_session() as s, db.write_transaction(s):
+        postgres = s.connection().dialect.name == "postgresql"
+        db.execute_batch(s, batch)
+    with app.app_context(), db.new_session() as s:
+        got = s.execute(select(TokenIndex.res_id, TokenIndex.code).order_by(TokenIndex.res_id)).all()
+    assert got == [("fs1", "100% sure"), ("fs3", "100% sure"), ("r1", "c0")]
+    assert sent == [True] or not postgres
+
+
+def test_a_batch_that_opens_its_transaction_is_rolled_back_with_it(app):
+    """The batch is the transaction's first statement (nothing has begun it on the connection yet): an error
+    after it must still take it back."""
+    failing = pytest.raises(RuntimeError, match="after the batch")
+    with app.app_context(), db.new_session() as s, failing, db.write_transaction(s):
+        db.execute_batch(s, [(insert(TokenIndex.__table__), _rows(3))])
+        raise RuntimeError("after the batch")
+    assert _count(app) == 0
+
+
+# -- read_ahead: pages of a streamed result fetched one step ahead by a helper thread ------------------------
+def test_read_ahead_yields_every_page_in_order():
+    pages = [[i, i + 1] for i in range(0, 200, 2)]
+    assert list(db.read_ahead(iter(pages))) == pages
+
+
+def test_read_ahead_raises_the_helpers_error_after_the_pages_before_it():
+    def source():
+        yield [1]
+        yield [2]
+        raise ValueError("the database went away")
+
+    got = []
+    with pytest.raises(ValueError, match="went away"):
+        for page in db.read_ahead(source()):
+            got.append(page)
+    assert got == [[1], [2]]
+
+
+def test_read_ahead_stops_its_helper_when_the_reader_stops_early():
+    produced = []
+
+    def source():
+        for i in range(1000):
+            produced.append(i)
+            yield [i]
+
+    pages = db.read_ahead(source(), depth=2)
+    assert next(pages) == [0]
+    pages.close()  # the reader gives up (an exception in a caller's loop does the same)
+    assert not [t for t in threading.enumerate() if t.name == "read-ahead"]
+    assert len(produced) < 10
+
+
+def test_read_ahead_does_not_hang_when_the_reader_stops_as_the_source_ends():
+    """The helper has queued ``depth`` pages and comes to the end while the reader gives up: handing over
+    the end mark must not wait for a reader that is gone."""
+    ended = threading.Event()
+
+    def source():
+        yield from ([1], [2], [3])
+        ended.set()  # the helper asked for more: the queue holds [2] and [3], the end mark waits
+
+    pages = db.read_ahead(source(), depth=2)
+    assert next(pages) == [1]
+    assert ended.wait(timeout=5)
+    closer = threading.Thread(target=pages.close)
+    closer.start()
+    closer.join(timeout=5)
+    assert not closer.is_alive(), "closing read_ahead hung"
