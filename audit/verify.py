@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from sqlalchemy import Engine, and_, exists, func, or_, select, text
 from audit import signing
 from audit.chain import GENESIS, head, link_hash
 from audit.models import AuditRow, ChainLink, Checkpoint
+from fhir_api.db import read_ahead
 
 MAX_REPORTED = 50
 FETCH = 10_000
@@ -106,28 +108,31 @@ def verify(
             stmt = stmt.where(c.seq > since[0])
             expected, running = since[0] + 1, since[1]
         result = conn.execution_options(stream_results=True, yield_per=FETCH).execute(stmt)
-        for seq, prev_hash, digest, body, mac in result:
-            if seq != expected:
-                what = "missing" if seq > expected else "repeated or out of order"
-                report.problem(f"seq {expected}: links {what} (found seq {seq} next)")
-            if prev_hash != running:
-                report.problem(f"seq {seq}: does not follow its predecessor (rows removed or reordered)")
-            if body is None:
-                report.problem(f"seq {seq}: its event row is gone (deleted)")
-            else:
-                if link_hash(prev_hash, seq, body) != digest:
-                    report.problem(f"seq {seq}: the event differs from what was chained (modified)")
-                if mac_key is not None and not (
-                    mac and hmac.compare_digest(signing.event_mac(mac_key, body), mac)
-                ):
-                    report.problem(f"seq {seq}: the event was not written by this server (MAC does not hold)")
-            claimed = claims.get(seq)
-            if claimed is not None and claimed != digest:
-                report.problem(f"seq {seq}: the chain differs from the signed checkpoint (rewritten)")
-            running, expected = digest, seq + 1
-            report.checked += 1
-            if progress is not None and report.checked % FETCH == 0:
-                progress(FETCH)
+        with closing(read_ahead(result.partitions())) as pages:  # its thread stops before conn closes
+            for seq, prev_hash, digest, body, mac in (row for page in pages for row in page):
+                if seq != expected:
+                    what = "missing" if seq > expected else "repeated or out of order"
+                    report.problem(f"seq {expected}: links {what} (found seq {seq} next)")
+                if prev_hash != running:
+                    report.problem(f"seq {seq}: does not follow its predecessor (rows removed or reordered)")
+                if body is None:
+                    report.problem(f"seq {seq}: its event row is gone (deleted)")
+                else:
+                    if link_hash(prev_hash, seq, body) != digest:
+                        report.problem(f"seq {seq}: the event differs from what was chained (modified)")
+                    if mac_key is not None and not (
+                        mac and hmac.compare_digest(signing.event_mac(mac_key, body), mac)
+                    ):
+                        report.problem(
+                            f"seq {seq}: the event was not written by this server (MAC does not hold)"
+                        )
+                claimed = claims.get(seq)
+                if claimed is not None and claimed != digest:
+                    report.problem(f"seq {seq}: the chain differs from the signed checkpoint (rewritten)")
+                running, expected = digest, seq + 1
+                report.checked += 1
+                if progress is not None and report.checked % FETCH == 0:
+                    progress(FETCH)
         if progress is not None:
             progress(report.checked % FETCH)
         h = head(conn)
