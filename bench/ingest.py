@@ -707,7 +707,7 @@ class Profile:
     steps: list[tuple[str, float, int, float]]  # label, seconds, calls, CPU seconds (this thread)
     rows: Counter[str]  # table -> rows written
     statements: int  # statements in the write batches
-    round_trips: int  # pipelined write batches + other statements
+    round_trips: int  # write batches (one round trip each) + other statements
     listing: str
 
 
