@@ -222,7 +222,7 @@ def test_criteria_that_stop_working_set_error_and_spare_the_others(app, subscrib
     from fhir_api import db
     from resources.subscriptions.models import SubscriptionState
 
-    # as if a search parameter had been withdrawn (writer transaction from the start: see test_subscription_api)
+    # as if a search parameter had been withdrawn (a writer transaction first: see test_subscription_api)
     with app.app_context(), db.new_session() as session, db.write_transaction(session):
         session.get(SubscriptionState, broken).criteria = "no-such-param=1"
     subscriber.post(f"{BASE}/Observation", json=observation())
