@@ -18,12 +18,11 @@ import hashlib
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from flask import Flask
-from sqlalchemy import Connection, Engine, insert, literal, select, text, tuple_
+from sqlalchemy import Connection, Engine, event, insert, literal, select, text, tuple_
 
 from audit import signing
 from audit.models import AuditRow, ChainLink, Checkpoint
@@ -142,23 +141,31 @@ class Chainer:
         self.interval = float(app.config.get("AUDIT_CHAIN_INTERVAL", 1.0))
         self.every = float(app.config.get("AUDIT_CHECKPOINT_INTERVAL", 60.0))
         self.wake = threading.Event()
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="audit-chainer", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
+    def stop(self) -> None:
+        """Stop after the batch under way (the app's pool was closed: its database may be going away)."""
+        self.stopped.set()
+        self.wake.set()
+
     def _run(self) -> None:
         engine = self.app.extensions["fhir_db"]["engine"]
         key = signing.app_key(self.app)
-        while True:
+        while not self.stopped.is_set():
             self.wake.wait(self.interval)
             self.wake.clear()
             try:
-                while extend(engine, key=key, every=self.every) == BATCH:
+                while not self.stopped.is_set() and extend(engine, key=key, every=self.every) == BATCH:
                     pass
             except Exception as exc:
+                if self.stopped.is_set():
+                    return
                 log.warning("audit chainer: %s; retrying in %.1fs", type(exc).__name__, self.interval)
-                time.sleep(self.interval)
+                self.stopped.wait(self.interval)
 
 
 def start_chainer(app: Flask) -> Chainer | None:
@@ -171,5 +178,6 @@ def start_chainer(app: Flask) -> Chainer | None:
         return chainer
     chainer = Chainer(app)
     state["chainer"], state["chainer_pid"] = chainer, os.getpid()
+    event.listen(app.extensions["fhir_db"]["engine"], "engine_disposed", lambda _conn: chainer.stop())
     chainer.start()
     return chainer

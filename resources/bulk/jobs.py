@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Flask, current_app
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, event, or_, select
 from sqlalchemy.orm import Session
 
 from fhir_api import db
@@ -232,26 +232,34 @@ class Runner:
     def __init__(self, app: Flask) -> None:
         self.app = app
         self.interval = float(app.config.get("EXPORT_POLL_INTERVAL", 1.0))
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="export-runner", daemon=True)
 
-    def _loop(self) -> None:
-        import time
+    def stop(self) -> None:
+        """Take no further job (the app's pool was closed); one under way keeps its lease until it ends."""
+        self.stopped.set()
 
-        while True:
+    def _loop(self) -> None:
+        while not self.stopped.is_set():
             try:
-                while pending_once(self.app):
+                while not self.stopped.is_set() and pending_once(self.app):
                     pass
             except Exception as exc:
+                if self.stopped.is_set():
+                    return
                 log.warning("export runner: %s", type(exc).__name__)
-            time.sleep(self.interval)
+            self.stopped.wait(self.interval)
 
 
-def start_runner(app: Flask) -> None:
+def start_runner(app: Flask) -> Runner | None:
+    """Start this process's runner once; it stops when the app's pool is closed."""
     if app.testing or float(app.config.get("EXPORT_POLL_INTERVAL", 1.0)) <= 0:
-        return
+        return None
     state = app.extensions.setdefault("fhir_export", {})
     if state.get("pid") == os.getpid():
-        return
-    state["pid"] = os.getpid()
+        return state["runner"]
     runner = Runner(app)
+    state["pid"], state["runner"] = os.getpid(), runner
+    event.listen(app.extensions["fhir_db"]["engine"], "engine_disposed", lambda _conn: runner.stop())
     runner.thread.start()
+    return runner

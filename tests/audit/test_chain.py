@@ -112,3 +112,20 @@ def test_chainers_take_turns(tmp_path):
             events = conn.execute(text("SELECT count(*) FROM audit_event")).scalar()
         assert seqs == list(range(1, events + 1))
         engine.dispose()
+
+
+def test_background_threads_stop_when_the_app_pool_is_closed(database_url):
+    """An app whose pool was closed (a finished command, a test's app) leaves no chainer or export runner
+    behind polling a database that may be gone."""
+    from audit.chain import start_chainer
+    from resources.bulk.jobs import start_runner
+
+    application = create_app({"DATABASE_URL": database_url, "AUDIT_CHAIN_INTERVAL": 0.05})
+    chainer, runner = start_chainer(application), start_runner(application)
+    assert chainer is not None and chainer.thread.is_alive()
+    assert runner is not None and runner.thread.is_alive()
+    application.extensions["fhir_db"]["engine"].dispose()
+    chainer.thread.join(5)
+    runner.thread.join(5)
+    assert not chainer.thread.is_alive()
+    assert not runner.thread.is_alive()
