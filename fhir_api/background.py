@@ -9,7 +9,8 @@ from flask import Flask
 
 
 def _flask_app(app: Any) -> Flask | None:
-    return app if isinstance(app, Flask) else None
+    """This server's app, or None for another WSGI app served the same way (bench/floor_app.py)."""
+    return app if isinstance(app, Flask) and "fhir_db" in app.extensions else None
 
 
 def start(app: Any) -> None:

@@ -129,3 +129,18 @@ def test_background_threads_stop_when_the_app_pool_is_closed(database_url):
     runner.thread.join(5)
     assert not chainer.thread.is_alive()
     assert not runner.thread.is_alive()
+
+
+def test_no_background_threads_for_another_wsgi_app():
+    """`fhir-api serve`'s worker hooks also serve other Flask apps (bench/floor_app.py): they start nothing
+    for an app without this server's database, and the worker boots."""
+    import threading
+
+    from flask import Flask
+
+    from fhir_api import background
+
+    before = {t.ident for t in threading.enumerate()}
+    background.start(Flask("floor"))
+    background.stop(Flask("floor"))
+    assert {t.ident for t in threading.enumerate()} <= before
