@@ -26,6 +26,7 @@ from typing import Any
 
 import requests
 from flask import Flask
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from fhir_api import db, outbound
@@ -380,6 +381,8 @@ class Worker:
                                 next_match = time.monotonic() + self.match_interval
                         busy = deliver_once(session, self.settings, self.stop_event) > 0 or busy
                 except Exception as exc:
+                    if self.stop_event.is_set():
+                        return
                     log.warning("subscription worker: %s", type(exc).__name__)
                     busy = False
                 if not busy:
@@ -400,6 +403,9 @@ def start_worker(app: Flask) -> Worker | None:
         return state["worker"]
     worker = Worker(app)
     state["pid"], state["worker"] = os.getpid(), worker
+    # The app's pool closed (a finished command, a test's or a bench's app): stop polling a database that
+    # may be gone. Only the flag here; an attempt under way still records its outcome before the loop ends.
+    event.listen(app.extensions["fhir_db"]["engine"], "engine_disposed", lambda _c: worker.stop_event.set())
     worker.start()
     atexit.register(worker.stop)
     return worker

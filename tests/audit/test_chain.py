@@ -115,20 +115,21 @@ def test_chainers_take_turns(tmp_path):
 
 
 def test_background_threads_stop_when_the_app_pool_is_closed(database_url):
-    """An app whose pool was closed (a finished command, a test's app) leaves no chainer or export runner
-    behind polling a database that may be gone."""
+    """An app whose pool was closed (a finished command, a test's or a bench's app) leaves no chainer, export
+    runner or subscription worker behind polling a database that may be gone."""
     from audit.chain import start_chainer
     from resources.bulk.jobs import start_runner
+    from resources.subscriptions.delivery import start_worker
 
-    application = create_app({"DATABASE_URL": database_url, "AUDIT_CHAIN_INTERVAL": 0.05})
-    chainer, runner = start_chainer(application), start_runner(application)
-    assert chainer is not None and chainer.thread.is_alive()
-    assert runner is not None and runner.thread.is_alive()
+    application = create_app(
+        {"DATABASE_URL": database_url, "AUDIT_CHAIN_INTERVAL": 0.05, "SUBSCRIPTION_WORKER": True}
+    )
+    threads = [start_chainer(application), start_runner(application), start_worker(application)]
+    assert all(t is not None and t.thread.is_alive() for t in threads)
     application.extensions["fhir_db"]["engine"].dispose()
-    chainer.thread.join(5)
-    runner.thread.join(5)
-    assert not chainer.thread.is_alive()
-    assert not runner.thread.is_alive()
+    for t in threads:
+        t.thread.join(5)
+    assert not any(t.thread.is_alive() for t in threads)
 
 
 def test_no_background_threads_for_another_wsgi_app():
