@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PATIENTS ?= 10
+# `fhir-api token` asks http://127.0.0.1:8000 unless told otherwise
+TOKEN_SERVER := $(if $(filter 127.0.0.1:8000,$(HOST):$(PORT)),, --server http://$(HOST):$(PORT))
 
 .PHONY: install demo test lint serve clean openapi
 
@@ -27,7 +29,7 @@ demo: install
 	@echo ""
 	@echo "FHIR R4 API on http://$(HOST):$(PORT)/fhir/R4  (interactive docs at http://$(HOST):$(PORT)/docs)"
 	@echo "Every data request needs a SMART access token. In another terminal:"
-	@echo "  TOKEN=\$$($(BIN)/fhir-api token demo-hospital)      # or demo-gp, demo-insurer, demo-auditor"
+	@echo "  TOKEN=\$$($(BIN)/fhir-api token demo-hospital$(TOKEN_SERVER))      # or demo-gp, demo-insurer, demo-auditor"
 	@echo "  curl -s -H \"Authorization: Bearer \$$TOKEN\" http://$(HOST):$(PORT)/fhir/R4/Patient/pat-0001"
 	@echo "  curl -s http://$(HOST):$(PORT)/fhir/R4/.well-known/smart-configuration"
 	@echo ""
