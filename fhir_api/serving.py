@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,15 +54,26 @@ def gunicorn_options(
 
 def prepare_metrics_dir(directory: str | None = None) -> str:
     """Before gunicorn forks (and before anything imports prometheus_client, which reads the variable at
-    import): a directory where every worker writes its metrics, emptied of an earlier run's files."""
-    path = Path(
-        directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="fhir-metrics-")
-    )
+    import): a directory where every worker writes its metrics, emptied of an earlier run's files. One
+    made here (none configured) is removed when this process, the master, exits."""
+    given = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        path = Path(given)
+    else:
+        path = Path(tempfile.mkdtemp(prefix="fhir-metrics-"))
+        atexit.register(_remove_if_owner, path, os.getpid())
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     return str(path)
+
+
+def _remove_if_owner(path: Path, owner: int) -> None:
+    # Forked workers inherit the handler; one that exits (recycled after max_requests) must leave the
+    # directory to the master and the other workers.
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _child_exit(_server: Any, worker: Any) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -111,3 +115,37 @@ def test_metrics_sum_every_gunicorn_worker(database_url, workers):
     )
     assert searches == 30
     assert 'fhir_db_pool_connections{state="idle"}' in body
+
+
+_METRICS_DIR_SCRIPT = """
+import os, sys
+from pathlib import Path
+from fhir_api.serving import prepare_metrics_dir
+path = Path(prepare_metrics_dir())
+(path / "counter_1.db").write_bytes(b"x")
+pid = os.fork()
+if pid == 0:  # a worker that ends (recycled) exits through the same handlers
+    sys.exit(0)
+os.waitpid(pid, 0)
+print(path, path.is_dir())
+"""
+
+
+def test_a_metrics_dir_made_by_the_server_is_removed_when_its_master_exits(tmp_path):
+    """`fhir-api serve` without PROMETHEUS_MULTIPROC_DIR makes a temporary directory: a worker's exit leaves
+    it to the master, the master's exit removes it; a configured directory stays."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-c", _METRICS_DIR_SCRIPT], env=env, capture_output=True, text=True
+    )
+    made, alive_after_worker_exit = done.stdout.split()
+    assert done.returncode == 0 and alive_after_worker_exit == "True"
+    assert not Path(made).exists()
+
+    configured = tmp_path / "metrics"
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(configured)
+    done = subprocess.run(
+        [sys.executable, "-c", _METRICS_DIR_SCRIPT], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.split()[0] == str(configured)
+    assert configured.is_dir()
