@@ -8,12 +8,12 @@ One run measures:
    recorder are no-ops (``FHIR_AUDIT=false``), loaded alternately with wrk at 1 and 8 connections, best of
    ``--rounds``. Target: audited / unaudited >= 0.75 (the ratio within each round and its median are printed
    too, for information: on a noisy machine steadier than best against best). Checked on the way: one event
-   per audited request and
-   none per unaudited one, the chainers keeping up under load, and ``fhir-api audit verify`` on the log
-   the load wrote. ``--sqlite`` repeats it on a SQLite file. When a PostgreSQL ratio fails (``--breakdown``),
-   part 1b times an audited read in-process: the record split into building the event, the AuditEvent
-   dict, canonical JSON, HMAC, link rows, patients lookup and the INSERT + COMMIT round trip, and the end of
-   the read's transaction replayed (ROLLBACK vs INSERTs vs INSERTs + COMMIT vs the event row alone).
+   per audited request and none per unaudited one, the chainers keeping up under load, and ``fhir-api audit
+   verify`` on the log the load wrote. ``--sqlite`` repeats it on a SQLite file. When a PostgreSQL ratio fails
+   (``--breakdown``), part 1b times an audited read in-process: the record split into building the event, the
+   AuditEvent dict, canonical JSON, HMAC, link rows, patients lookup and the INSERT + COMMIT round trip, and
+   the end of the read's transaction replayed (ROLLBACK vs INSERTs vs INSERTs + COMMIT vs the event row
+   alone).
 2. **A log of ``--events`` (1,000,000) events**, built quickly: about 1,000 real events are recorded
    in-process through the app (creates, reads, searches, updates, history, 404s, 401s, auditor searches),
    then replicated with new ids, request ids and times (and a valid MAC under the log's key) by ``COPY``

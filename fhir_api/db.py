@@ -6,7 +6,7 @@ import math
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,6 +122,13 @@ def init_app(app: Flask) -> None:
 def dispose(app: Flask) -> None:
     """Close an app's pooled connections (command-line work done with an app of its own)."""
     app.extensions["fhir_db"]["engine"].dispose()
+
+
+def on_dispose(engine: Engine, stop: Callable[[], None]) -> None:
+    """Call ``stop`` when ``engine``'s pool is closed: a background thread of the app (chainer, export
+    runner, subscription worker, revocation listener) must not go on polling a database that may be gone
+    (a finished command's app, a test's, a bench's)."""
+    event.listen(engine, "engine_disposed", lambda _conn: stop())
 
 
 def engine() -> Engine:

@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 
 import psycopg
 from flask import Flask, current_app
-from sqlalchemy import Engine, event, select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
+from fhir_api import db
 from fhir_api.auth.models import RevokedToken
 
 CHANNEL = "fhir_token_revoked"
@@ -114,7 +115,7 @@ def init_app(app: Flask) -> None:
         return
     watch = RevocationWatch(engine)
     app.extensions["fhir_revocation"] = watch
-    event.listen(engine, "engine_disposed", lambda _conn: watch.stop())
+    db.on_dispose(engine, watch.stop)
 
 
 def is_revoked(session: Session, jti: str) -> bool:

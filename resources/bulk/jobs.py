@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Flask, current_app
-from sqlalchemy import and_, event, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from fhir_api import db
@@ -260,6 +260,6 @@ def start_runner(app: Flask) -> Runner | None:
         return state["runner"]
     runner = Runner(app)
     state["pid"], state["runner"] = os.getpid(), runner
-    event.listen(app.extensions["fhir_db"]["engine"], "engine_disposed", lambda _conn: runner.stop())
+    db.on_dispose(app.extensions["fhir_db"]["engine"], runner.stop)
     runner.thread.start()
     return runner

@@ -26,7 +26,6 @@ from typing import Any
 
 import requests
 from flask import Flask
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from fhir_api import db, outbound
@@ -403,9 +402,8 @@ def start_worker(app: Flask) -> Worker | None:
         return state["worker"]
     worker = Worker(app)
     state["pid"], state["worker"] = os.getpid(), worker
-    # The app's pool closed (a finished command, a test's or a bench's app): stop polling a database that
-    # may be gone. Only the flag here; an attempt under way still records its outcome before the loop ends.
-    event.listen(app.extensions["fhir_db"]["engine"], "engine_disposed", lambda _c: worker.stop_event.set())
+    # Only the flag (no join): an attempt under way still records its outcome before the loop ends.
+    db.on_dispose(app.extensions["fhir_db"]["engine"], worker.stop_event.set)
     worker.start()
     atexit.register(worker.stop)
     return worker
