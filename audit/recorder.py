@@ -22,6 +22,7 @@ from audit import events as ev
 from audit import queries, signing, store
 from audit.events import Actor, Event
 from fhir_api import db
+from fhir_api.config import flag
 from fhir_api.db import Batch
 from fhir_api.errors import AuditUnavailable, render
 
@@ -77,6 +78,14 @@ _SUBTYPE_DISPLAY = {"110122": "Login", "110123": "Logout", "export": "Export", "
 # Interactions whose query string is part of what was asked (searches, conditional writes, history).
 _RECORD_QUERY = {"E", "D", "U", "C"}
 _CONDITIONAL = ("fhir.conditional_update", "fhir.conditional_delete")
+# Requests that only read. Their record commits without waiting for the database's WAL flush unless
+# FHIR_AUDIT_FLUSH_READS (README: audit log): still written and committed before the answer leaves.
+_READS_ONLY = frozenset(
+    endpoint
+    for endpoint, (_, subtype, _) in ENDPOINTS.items()
+    if endpoint.startswith("fhir.")
+    and (subtype in ("read", "vread") or subtype.startswith(("search-", "history-")))
+) | {"fhir.patient_everything", "audit.read", "audit.search", "audit.search_post", "audit.checkpoints"}
 
 
 @dataclass
@@ -303,7 +312,8 @@ def finish(resp: Response) -> Response:
                 patients.add(target["res_id"])
         event.entities = list(dict.fromkeys(entities))
         event.patients = sorted(patients)
-        store.commit_events(session, [event], signing.mac_key())
+        flush = request.endpoint not in _READS_ONLY or flag(current_app.config.get("AUDIT_FLUSH_READS"))
+        store.commit_events(session, [event], signing.mac_key(), flush=flush)
     except Exception as exc:
         log.error("audit record failed (%s) for %s %s", type(exc).__name__, request.method, request.path)
         from fhir_api import metrics

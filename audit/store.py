@@ -46,10 +46,13 @@ def event_batch(events: Iterable[Event], mac_key: bytes | None) -> Batch:
     return [(_INSERT_EVENT, rows), (_INSERT_LINK, links)]
 
 
-def commit_events(session: Session, events: list[Event], mac_key: bytes | None) -> None:
+def commit_events(
+    session: Session, events: list[Event], mac_key: bytes | None, *, flush: bool = True
+) -> None:
     """Append ``events`` and commit (reads, searches, refusals: their record is a transaction of its own,
-    or the end of the request's read transaction on PostgreSQL)."""
-    commit_batch(session, event_batch(events, mac_key))
+    or the end of the request's read transaction on PostgreSQL). ``flush=False``: see
+    ``fhir_api.db.commit_batch`` (the records of requests that only read, unless FHIR_AUDIT_FLUSH_READS)."""
+    commit_batch(session, event_batch(events, mac_key), flush=flush)
 
 
 def caused(exc: BaseException) -> bool:

@@ -101,6 +101,9 @@ DEFAULTS: dict[str, Any] = {
     # var/keys/audit-signing.jwk; `serve` refuses to start without one.
     "AUDIT": True,  # false: record nothing (benchmarks pricing the audit log only)
     "AUDIT_SIGNING_KEY_FILE": None,
+    # true: a read's record waits for PostgreSQL's WAL flush before the data leaves (synchronous commit);
+    # false: it is committed and visible at once and flushed within ~0.6 s (README: audit log).
+    "AUDIT_FLUSH_READS": False,
     "AUDIT_CHAIN_INTERVAL": 1.0,  # seconds between chainer runs in each process
     "AUDIT_CHECKPOINT_INTERVAL": 60.0,  # seconds between signed checkpoints (when the log grew)
     "AUDIT_RETENTION_DAYS": 6 * 366,  # six years (HIPAA 164.316(b)(2)); see README on partitioning

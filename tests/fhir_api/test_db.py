@@ -209,3 +209,40 @@ def test_read_ahead_does_not_hang_when_the_reader_stops_as_the_source_ends():
     closer.start()
     closer.join(timeout=5)
     assert not closer.is_alive(), "closing read_ahead hung"
+
+
+# -- commit_batch(flush=False): the records of reads commit without waiting for the WAL flush ----------------
+def _setting_rows(app) -> list[tuple[str, str]]:
+    with app.app_context(), db.new_session() as s:
+        rows = s.execute(select(TokenIndex.res_id, TokenIndex.code).where(TokenIndex.param == "sync"))
+        return sorted(rows.all())
+
+
+@pytest.mark.parametrize("opened", [True, False], ids=["in-read-transaction", "own-transaction"])
+@pytest.mark.parametrize("flush", [True, False], ids=["flush", "no-flush"])
+@pytest.mark.parametrize("path", ["literals", "pipeline"])
+def test_commit_batch_without_flush_turns_synchronous_commit_off_for_its_own_transaction(
+    app, opened, flush, path
+):
+    """PostgreSQL: each statement of the batch sees the transaction's ``synchronous_commit``, ``off`` only
+    when asked, and the connection is back to ``on`` afterwards (SET LOCAL), whichever way the batch
+    travels. SQLite: the rows are written either way."""
+    table = TokenIndex.__table__
+    columns = ["res_type", "res_id", "param", "system", "code"]
+    with app.app_context(), db.new_session() as s:
+        postgres = s.connection().dialect.name == "postgresql"
+        setting = func.current_setting(literal_column("'synchronous_commit'"))
+        now = setting if postgres else literal_column("'n/a'")
+        seen = select(bindparam("t"), bindparam("i"), literal_column("'sync'"), literal_column("'s'"), now)
+        batch = [(insert(table).from_select(columns, seen), [{"t": "Patient", "i": "seen"}])]
+        if path == "pipeline":  # a value no literal carries sends the whole batch through the pipeline
+            inf = {"res_type": "Observation", "res_id": "o1", "param": "value-quantity"}
+            batch.append((insert(NumberIndex.__table__), [{**inf, "value": float("inf")}]))
+        if opened:
+            s.execute(select(func.count()).select_from(TokenIndex))
+        db.commit_batch(s, batch, flush=flush)
+        assert not s.in_transaction()
+        after = s.execute(select(setting)).scalar() if postgres else "on"
+    assert after == "on"
+    expected = ("on" if flush else "off") if postgres else "n/a"
+    assert _setting_rows(app) == [("seen", expected)]
