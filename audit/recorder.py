@@ -85,7 +85,14 @@ _READS_ONLY = frozenset(
     for endpoint, (_, subtype, _) in ENDPOINTS.items()
     if endpoint.startswith("fhir.")
     and (subtype in ("read", "vread") or subtype.startswith(("search-", "history-")))
-) | {"fhir.patient_everything", "audit.read", "audit.search", "audit.search_post", "audit.checkpoints"}
+) | {
+    "fhir.patient_everything",
+    "audit.read",
+    "audit.search",
+    "audit.search_post",
+    "audit.checkpoints",
+    "audit.status",
+}
 
 
 @dataclass

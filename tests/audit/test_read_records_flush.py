@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import text
 
 from audit import store
-from tests.helpers import FHIR, create, created_id, patient
+from tests.helpers import FHIR, authorized_client, create, created_id, patient
 
 
 @pytest.fixture
@@ -45,6 +45,13 @@ def test_reads_searches_and_history_do_not_wait_for_the_flush(app, client, flush
     assert client.post("/fhir/R4/Patient/_search", data={"family": "Test"}).status_code == 200
     assert flushes == [False] * 7
     assert _events(app) == before + 7  # committed, and visible to another connection, at once
+
+
+def test_the_auditors_reads_do_not_wait_for_the_flush(app, flushes):
+    auditor = authorized_client(app, role="auditor", scope="system/AuditEvent.rs", client_id="auditor")
+    for path in ("/fhir/R4/AuditEvent?_count=2", "/audit/checkpoints", "/audit/status"):
+        assert auditor.get(path).status_code == 200, path
+    assert flushes == [False] * 3
 
 
 def test_everything_else_waits_for_the_flush(app, client, anonymous, flushes):
