@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from fhir_api.db import format_instant
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -218,5 +220,12 @@ class Event:
 
 def canonical(resource: dict[str, Any]) -> str:
     """RFC 8785 (JCS) for what AuditEvents hold: sorted keys, no whitespace, UTF-8 kept as is. The event
-    has no floating-point numbers, the one place where JCS and ``json.dumps`` would differ (tested)."""
-    return json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    has no floating-point numbers, the one place where JCS and ``json.dumps`` would differ (tested).
+
+    orjson writes it about ten times faster than ``json.dumps``, byte for byte the same (tested for every
+    code point, and against events written before); what orjson refuses (a non-string key, an integer
+    beyond 64 bits) goes to ``json.dumps``, which would have written the same."""
+    try:
+        return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

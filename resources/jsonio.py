@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import simplejson
 
 from fhir_api.errors import MalformedJson
@@ -47,8 +48,20 @@ def loads_trusted(data: str) -> Any:
     return simplejson.loads(data, use_decimal=True)
 
 
+def _decimal_text(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))  # as parsed: 1.50 stays 1.50
+    raise TypeError
+
+
 def dumps(obj: Any) -> str:
-    return simplejson.dumps(obj, use_decimal=True, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON, UTF-8 kept as is, each ``Decimal`` written as its own text. orjson writes it several
+    times faster than simplejson, with the same bytes (tested on every official example); what orjson
+    refuses (an integer beyond 64 bits) goes to simplejson, whose output it would have matched."""
+    try:
+        return orjson.dumps(obj, default=_decimal_text).decode()
+    except TypeError:
+        return simplejson.dumps(obj, use_decimal=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def load_resource(data: bytes) -> dict[str, Any]:

@@ -31,6 +31,27 @@ def test_canonical_is_rfc8785(value):
     assert canonical(value).encode() == rfc8785.dumps(value)
 
 
+def _python_canonical(value):
+    """What ``canonical`` wrote before orjson (events written then are re-serialised by export checks)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_canonical_writes_every_code_point_as_json_dumps_did():
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    chunks = ["".join(chars[i : i + 4096]) for i in range(0, len(chars), 4096)]
+    value = {f"k{i:03}{chunk[:2]}": {"s": chunk, "n": [i, -i, None, True]} for i, chunk in enumerate(chunks)}
+    assert canonical(value) == _python_canonical(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{1: "a", 2: "b"}, {"big": 2**64}, {"x": {"y": [-(2**70)]}}],
+    ids=["non-string key", "integer beyond 64 bits", "nested big integer"],
+)
+def test_canonical_falls_back_to_json_dumps_for_what_orjson_refuses(value):
+    assert canonical(value) == _python_canonical(value)
+
+
 def test_recorded_events_are_rfc8785(app, client):
     client.post("/fhir/R4/Patient", json=patient(), headers={"Content-Type": "application/fhir+json"})
     client.get("/fhir/R4/Patient?family=Ünïcödé&_count=1")
