@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,21 @@ def test_json_log_lines_carry_request_facts_and_no_searched_values(client, caplo
     everything = "\n".join(lines)
     for value in SEARCHED:
         assert value not in everything, value
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"n": 2**70, "ok": "ünïcödé"}, {"when": date(2026, 11, 25), "raw": b"x"}],
+    ids=["integer beyond 64 bits", "values json cannot write"],
+)
+def test_json_log_lines_hold_any_extra_field(extra):
+    record = logging.makeLogRecord({"name": "fhir_api.test", "msg": "m %s", "args": ("é",), **extra})
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and "\\u00" not in line  # one line, UTF-8 kept as is
+    parsed = json.loads(line)
+    assert parsed["message"] == "m é" and parsed["logger"] == "fhir_api.test"
+    for key, value in extra.items():
+        assert parsed[key] == (value if isinstance(value, (int, str)) else str(value))
 
 
 def test_metrics_count_requests_by_interaction_type_and_status(client, anonymous):
