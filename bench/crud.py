@@ -4,7 +4,10 @@ The app runs under gunicorn (``fhir-api serve``) on a database this script creat
 (``bench/floor_app.py``) is a minimal Flask app doing the same primary-key read and the same one-row insert
 with the same driver, pool settings and gunicorn settings. Both are loaded with wrk (or, without wrk, a
 Python thread-pool client) at 1 and 8 concurrent clients. At the end the resident memory of each app
-worker is read from /proc after at least 10,000 requests.
+worker is read from /proc after at least 10,000 requests. For information (no target), the floor's read is
+also measured with the audit rows every read of the app must commit (``GET /arow/<id>``: one event row and
+one link row, indexed like ``audit_event`` and ``audit_link``, committed without the WAL flush in the read's
+own round trip): the ceiling of any server on this stack that records every read.
 
     .venv/bin/python bench/crud.py [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
 """
@@ -44,6 +47,7 @@ JSON = "application/json"
 TARGETS = {"read": 0.6, "create": 0.4}
 RSS_TARGET_MB = 150.0
 RSS_AFTER_REQUESTS = 10_000
+AUDITED_FLOOR = "floor+audit"
 
 # A typical small Patient (about 0.7 kB, under the 1 kB gzip threshold; wrk asks for no gzip anyway).
 PATIENT: dict[str, Any] = {
@@ -419,6 +423,23 @@ def print_table(results: dict[tuple[str, int, str], LoadResult], clients_list: l
     return ok
 
 
+def print_audited_floor(results: dict[tuple[str, int, str], LoadResult], clients_list: list[int]) -> None:
+    """What the read target leaves once every read commits an audit record (informative, no target)."""
+    print(
+        "\ninformative: the floor's read plus one audit event row and one link row (indexed as the app's,\n"
+        "committed without the WAL flush in the read's transaction, one round trip): what any server that\n"
+        "records every read can reach on this stack"
+    )
+    for clients in clients_list:
+        floor, audited = results[("read", clients, "floor")], results[("read", clients, AUDITED_FLOOR)]
+        app = results[("read", clients, "app")]
+        print(
+            f"  read x{clients:<2} audited floor {audited.rps:7,.0f} req/s = {audited.rps / floor.rps:.2f} "
+            f"of the floor; the app's read = {app.rps / audited.rps:.2f} of the audited floor"
+            + (f" ({audited.errors} failed)" if audited.errors else "")
+        )
+
+
 def _ms(r: LoadResult) -> str:
     if r.p50_ms is None or r.p99_ms is None:
         return "n/a"
@@ -549,12 +570,15 @@ def main(argv: list[str] | None = None) -> int:
                 work,
             )
             floor_t = seed(Target("floor", floor_port, "/row", "/row/", JSON), body, args.seed_rows, work)
+            # informative: the floor's read plus the audit rows an audited read commits (floor_app.py)
+            audited_t = Target(AUDITED_FLOOR, floor_port, "/row", "/arow/", JSON, floor_t.ids_file)
             app_requests = args.seed_rows + 1
 
             for t in (app_t, floor_t):  # warm-up: imports, model caches, pool connections, statement caches
                 for kind in ("read", "create"):
                     r = load(t, kind, max(clients_list), args.warmup, body_file)
                     app_requests += r.requests if t is app_t else 0
+            load(audited_t, "read", max(clients_list), args.warmup, body_file)
 
             # Rounds alternate which server goes first; each cell keeps its best round, because on a shared
             # 2-core machine interference only ever lowers a figure. Failed requests of every round count.
@@ -562,12 +586,13 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(1, args.rounds + 1):
                 for kind in ("read", "create"):
                     for clients in clients_list:
-                        for t in (app_t, floor_t) if rnd % 2 else (floor_t, app_t):
+                        order = [app_t, floor_t] + ([audited_t] if kind == "read" else [])
+                        for t in order if rnd % 2 else order[::-1]:
                             r = load(t, kind, clients, args.duration, body_file)
                             runs.setdefault((kind, clients, t.name), []).append(r)
                             app_requests += r.requests if t is app_t else 0
                             print(
-                                f"  round {rnd}  {kind:<6} x{clients:<2} {t.name:<5} {r.rps:9,.0f} req/s "
+                                f"  round {rnd}  {kind:<6} x{clients:<2} {t.name:<11} {r.rps:9,.0f} req/s "
                                 f"({r.requests} requests, {r.errors} failed)",
                                 flush=True,
                             )
@@ -580,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print()
             ok = print_table(results, clients_list)
+            print_audited_floor(results, clients_list)
             ok &= report_memory(app_srv, floor_srv, baseline, app_requests)
         finally:
             for srv in servers:

@@ -14,10 +14,23 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, request
-from sqlalchemy import Column, MetaData, String, Table, Text, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    text,
+)
 
 from fhir_api.config import DEFAULTS, normalise_database_url
 from fhir_api.db import make_engine
@@ -32,6 +45,87 @@ rows = Table(
 )
 
 
+# The least an audited read adds (informative in ``bench/crud.py``): one event row and one link row shaped and
+# indexed like ``audit_event`` / ``audit_link``, in the read's transaction, committed without waiting for the
+# WAL flush (as the app commits a read's record), sent with the read's COMMIT in one round trip.
+audit_rows = Table(
+    "floor_audit",
+    metadata,
+    Column("pos", BigInteger, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False),
+    Column("recorded", DateTime(timezone=True), nullable=False),
+    Column("txid", BigInteger, server_default=text("(pg_current_xact_id()::text)::bigint")),
+    Column("client_id", String(128)),
+    Column("body", Text, nullable=False),
+    Column("mac", String(64)),
+    Index("ix_floor_audit_id", "event_id"),
+    Index("ix_floor_audit_recorded", "recorded"),
+    Index("ix_floor_audit_txid", "txid", "pos"),
+    Index("ix_floor_audit_client", "client_id", "recorded"),
+)
+audit_links = Table(
+    "floor_audit_link",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("kind", String(8), primary_key=True),
+    Column("ref", String(256), primary_key=True),
+    Column("recorded", DateTime(timezone=True), primary_key=True),
+    Index("ix_floor_audit_link_ref", "kind", "ref", "recorded"),
+)
+_AUDITED = (
+    "SET LOCAL synchronous_commit TO off;"
+    "INSERT INTO floor_audit (event_id, recorded, client_id, body, mac) "
+    "VALUES (%(id)s, %(at)s, 'bench', %(body)s, %(mac)s);"
+    "INSERT INTO floor_audit_link (event_id, kind, ref, recorded) "
+    "VALUES (%(id)s, 'patient', %(ref)s, %(at)s);"
+    "COMMIT"
+)
+
+
+def _event_body(event_id: str, row_id: str, at: datetime) -> str:
+    """An AuditEvent of a read as long as the app's (~1.9 kB of JSON)."""
+    event = {
+        "resourceType": "AuditEvent",
+        "id": event_id,
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read", "display": "read"}],
+        "action": "R",
+        "recorded": at.isoformat(),
+        "outcome": "0",
+        "agent": [
+            {
+                "type": {"coding": [{"code": "110150", "display": "Application"}]},
+                "who": {"display": "bench"},
+                "requestor": True,
+                "network": {"address": "127.0.0.1", "type": "2"},
+                "policy": [str(uuid.uuid4())],
+            },
+            {
+                "type": {"coding": [{"code": "110153", "display": "Source Role ID"}]},
+                "requestor": False,
+                "who": {"display": "http://127.0.0.1/fhir/R4"},
+                "network": {"address": "127.0.0.1", "type": "2"},
+            },
+        ],
+        "source": {"observer": {"display": "http://127.0.0.1/fhir/R4"}, "type": [{"code": "4"}]},
+        "entity": [
+            {
+                "what": {"reference": f"Patient/{row_id}"},
+                "type": {"code": "1", "display": "Person"},
+                "role": {"code": "1", "display": "Patient"},
+            },
+            {
+                "what": {"reference": f"Patient/{row_id}/_history/1"},
+                "type": {"code": "2"},
+                "role": {"code": "4"},
+            },
+            {"what": {"identifier": {"value": str(uuid.uuid4())}}, "type": {"code": "XrequestId"}},
+        ],
+    }
+    text_ = json.dumps(event, sort_keys=True, separators=(",", ":"))
+    return text_ + " " * max(0, 1900 - len(text_))  # padded to the app's event size
+
+
 def create_floor_app(database_url: str) -> Flask:
     engine = make_engine(normalise_database_url(database_url), DEFAULTS)
     app = Flask(__name__)
@@ -44,6 +138,23 @@ def create_floor_app(database_url: str) -> Flask:
     def read(row_id: str) -> Response:
         with engine.connect() as conn:
             body = conn.execute(select(rows.c.body).where(rows.c.id == row_id)).scalar_one_or_none()
+        if body is None:
+            return Response('{"error":"not found"}', status=404, mimetype="application/json")
+        return Response(body, mimetype="application/json")
+
+    @app.get("/arow/<row_id>")
+    def audited_read(row_id: str) -> Response:
+        """The read of ``/row/<id>`` plus the audit rows an audited read must commit before answering."""
+        import psycopg
+
+        with engine.connect() as conn:
+            body = conn.execute(select(rows.c.body).where(rows.c.id == row_id)).scalar_one_or_none()
+            event_id, at = str(uuid.uuid4()), datetime.now(UTC)
+            params = {"id": event_id, "at": at, "ref": f"Patient/{row_id}", "mac": uuid.uuid4().hex * 2}
+            params["body"] = _event_body(event_id, row_id, at)
+            with psycopg.ClientCursor(conn.connection.dbapi_connection) as cur:  # one round trip, as the app
+                cur.execute(_AUDITED, params)
+            conn.commit()
         if body is None:
             return Response('{"error":"not found"}', status=404, mimetype="application/json")
         return Response(body, mimetype="application/json")
