@@ -14,6 +14,7 @@ from werkzeug.http import http_date, parse_date, parse_options_header
 
 from fhir_api import logs
 from fhir_api.errors import NotAcceptable, UnsupportedMediaType
+from resources import jsonio
 
 FHIR_JSON = "application/fhir+json"
 JSON = "application/json"
@@ -96,7 +97,7 @@ def dumps(obj: Any, pretty: bool = False) -> str:
     """Serialise with Decimal preserved as written (1.50 stays 1.50)."""
     if pretty:
         return simplejson.dumps(obj, use_decimal=True, indent=2, ensure_ascii=False)
-    return simplejson.dumps(obj, use_decimal=True, separators=(",", ":"), ensure_ascii=False)
+    return jsonio.dumps(obj)  # the same compact bytes, by orjson
 
 
 def wants_pretty() -> bool:

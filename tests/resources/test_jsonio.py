@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import simplejson
+from simplejson import RawJSON
 
 from resources.jsonio import dumps, loads
 
@@ -40,6 +41,18 @@ def test_every_code_point_as_simplejson_wrote_it():
     chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
     value = {"text": ["".join(chars[i : i + 4096]) for i in range(0, len(chars), 4096)]}
     assert dumps(value) == _simplejson(value)
+
+
+def test_opened_sealed_elements_are_embedded_without_falling_back(monkeypatch):
+    """A read's body holds each opened element as ``RawJSON``: orjson must write it (the fallback is slow)."""
+    value = {"resourceType": "Patient", "name": [RawJSON('{"family":"Ünal","given":["Ann"]}')], "x": 1.5}
+    expected = _simplejson(value)
+    monkeypatch.setattr(simplejson, "dumps", lambda *a, **k: pytest.fail("fell back to simplejson"))
+    assert (
+        dumps(value)
+        == expected
+        == '{"resourceType":"Patient","name":[{"family":"Ünal","given":["Ann"]}],"x":1.5}'
+    )
 
 
 def test_integers_beyond_64_bits_fall_back_to_simplejson():
