@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
-from fhir_api.db import Batch, execute_batch
+from fhir_api.db import Batch, execute_batch, fetch_one
 from resources import jsonio, owners
 from resources.dates import DateRange
 from resources.models import Resource, ResourceVersion
@@ -158,7 +158,7 @@ class ResourceRepository:
 
     def read(self, res_type: str, res_id: str) -> Stored | None:
         """The current version: one indexed join, run as a cached Core statement (the hottest path)."""
-        row = self.session.connection().execute(_READ_CURRENT, {"t": res_type, "i": res_id}).one_or_none()
+        row = fetch_one(self.session.connection(), _READ_CURRENT, {"t": res_type, "i": res_id})
         return _stored_row(row) if row else None
 
     def vread(self, res_type: str, res_id: str, version: int, visible: Visibility = None) -> Stored | None:

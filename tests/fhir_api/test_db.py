@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from sqlalchemy import bindparam, func, insert, literal_column, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, MultipleResultsFound
 
 from audit.models import AuditLink
 from fhir_api import db
+from resources.models import Resource, ResourceVersion
+from resources.repository import _COLUMNS, _READ_CURRENT
 from resources.search.models import NumberIndex, TokenIndex
 
 
@@ -246,3 +249,53 @@ def test_commit_batch_without_flush_turns_synchronous_commit_off_for_its_own_tra
     assert after == "on"
     expected = ("on" if flush else "off") if postgres else "n/a"
     assert _setting_rows(app) == [("seen", expected)]
+
+
+# -- fetch_one: the read by id, straight through psycopg on PostgreSQL ---------------------------------------
+def _stored(app, pid: str) -> None:
+    current = {"res_type": "Patient", "res_id": pid, "version": 2, "deleted": False, "last_updated": AT}
+    versions = [{**current, "version": v, "method": "PUT", "body": f'{{"v":{v},"é":"ü"}}'} for v in (1, 2)]
+    with app.app_context(), db.new_session() as s, db.write_transaction(s):
+        db.execute_batch(
+            s, [(insert(Resource.__table__), [current]), (insert(ResourceVersion.__table__), versions)]
+        )
+
+
+AT = datetime(2026, 11, 25, 7, 30, 1, 123000, tzinfo=UTC)
+
+
+def test_fetch_one_returns_what_core_returns(app):
+    _stored(app, "p1")
+    with app.app_context(), db.new_session() as s:
+        conn = s.connection()
+        for params in ({"t": "Patient", "i": "p1"}, {"t": "Patient", "i": "absent"}):
+            fast = db.fetch_one(conn, _READ_CURRENT, params)
+            core = conn.execute(_READ_CURRENT, params).one_or_none()
+            assert fast == (tuple(core) if core is not None else None)
+        row = db.fetch_one(conn, _READ_CURRENT, {"t": "Patient", "i": "p1"})
+    assert row is not None
+    assert row[2] == 2 and row[6] == '{"v":2,"é":"ü"}'
+    assert row[3] == AT and row[3].tzinfo is UTC  # as UTCDateTime gives it, on both databases
+
+
+def test_fetch_one_refuses_more_than_one_row(app):
+    _stored(app, "p2")
+    every_version = select(*_COLUMNS).where(ResourceVersion.res_id == bindparam("i"))
+    with app.app_context(), db.new_session() as s, pytest.raises(MultipleResultsFound):
+        db.fetch_one(s.connection(), every_version, {"i": "p2"})
+
+
+def test_fetch_one_invalidates_a_connection_the_server_dropped(app):
+    with app.app_context(), db.new_session() as s:
+        conn = s.connection()
+        if conn.dialect.name != "postgresql":
+            pytest.skip("PostgreSQL's path")
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with db.engine().connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        with pytest.raises(psycopg.OperationalError):
+            db.fetch_one(conn, _READ_CURRENT, {"t": "Patient", "i": "p1"})
+        assert conn.invalidated
+        s.rollback()
+    with app.app_context(), db.new_session() as s:  # the pool hands out a working connection again
+        assert db.fetch_one(s.connection(), _READ_CURRENT, {"t": "Patient", "i": "none"}) is None
