@@ -188,24 +188,31 @@ def enqueue(session: Session, rows: list[dict[str, Any]]) -> None:
 
 # -- delivering --------------------------------------------------------------------------------------------
 def claim(session: Session, owner: str, now: datetime, lease: timedelta, limit: int) -> list[str]:
-    """Subscriptions with an event due, leased to ``owner`` (no other process sends for them meanwhile)."""
-    s = SubscriptionState
-    stmt = (
-        select(s)
+    """Subscriptions with an event due, leased to ``owner`` (no other process sends for them meanwhile),
+    earliest due first. One Core UPDATE ... RETURNING of the rows a locking subquery picks (PostgreSQL: SKIP
+    LOCKED, so processes never wait on each other): every worker runs this each poll, and an idle server's
+    polls should cost next to nothing (the ORM load it replaced was a few percent of a busy worker's CPU)."""
+    c = _STATE.c
+    due = (
+        select(c.sub_id)
         .where(
-            s.status.in_(LIVE),
-            s.due.is_not(None),
-            s.due <= now,
-            or_(s.lease_until.is_(None), s.lease_until < now),
+            c.status.in_(LIVE),
+            c.due.is_not(None),
+            c.due <= now,
+            or_(c.lease_until.is_(None), c.lease_until < now),
         )
-        .order_by(s.due)
+        .order_by(c.due)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    taken = list(session.execute(stmt.execution_options(populate_existing=True)).scalars())
-    for state in taken:
-        state.lease_owner, state.lease_until = owner, now + lease
-    return [state.sub_id for state in taken]
+    stmt = (
+        update(_STATE)
+        .where(c.sub_id.in_(due.scalar_subquery()))
+        .values(lease_owner=owner, lease_until=now + lease)
+        .returning(c.sub_id, c.due)
+    )
+    taken = session.connection().execute(stmt).all()
+    return [sub_id for sub_id, _ in sorted(taken, key=lambda row: (row[1], row[0]))]
 
 
 def release(session: Session, sub_id: str, owner: str) -> None:
