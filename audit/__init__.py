@@ -76,13 +76,9 @@ def record_operation(
 
 
 def init_app(app: Flask) -> None:
-    from audit import chain, recorder
+    from audit import recorder
     from audit.search import capability
     from resources.capability import TYPE_OVERRIDES
 
     recorder.init_app(app)
     TYPE_OVERRIDES["AuditEvent"] = capability
-
-    @app.before_request
-    def _chainer() -> None:
-        chain.start_chainer(app)  # once per process, after gunicorn forked it

@@ -32,7 +32,19 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     import audit
     from audit import views as audit_views
-    from fhir_api import db, deprecation, docs, errors, health, http, metrics, openapi, ratelimit, security
+    from fhir_api import (
+        background,
+        db,
+        deprecation,
+        docs,
+        errors,
+        health,
+        http,
+        metrics,
+        openapi,
+        ratelimit,
+        security,
+    )
     from fhir_api.auth import guard, keys, revocation
     from fhir_api.auth import models as _auth_models  # noqa: F401 (tables for metadata and tests)
     from fhir_api.auth import server as auth_server
@@ -68,9 +80,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(audit_views.blp)
     api.register_blueprint(bulk_views.blp)
     api.register_blueprint(metrics.blp)
-    bulk_views.init_app(app)
     subscriptions.init_app(app, api)
     app.register_blueprint(docs.bp)
+    background.init_app(app)
     deprecation.init_app(app)  # after the last blueprint (it checks the routes named), before openapi
     openapi.init_app(app, api)  # after the last blueprint: documents every route above
     errors.register_error_handlers(app)

@@ -3,6 +3,7 @@ worker. Each starts once per process (after gunicorn forked it); tests start non
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask
@@ -24,6 +25,18 @@ def start(app: Any) -> None:
     chain.start_chainer(app)
     jobs.start_runner(app)
     delivery.start_worker(app)
+
+
+def init_app(app: Flask) -> None:
+    """Start them at a process's first request too, for servers other than ``fhir-api serve`` (whose
+    workers start them at boot): one check of the process id per request, then nothing."""
+    started = {"pid": -1}
+
+    @app.before_request
+    def _background() -> None:
+        if started["pid"] != os.getpid():  # after gunicorn (or another server) forked this process
+            started["pid"] = os.getpid()
+            start(app)
 
 
 def stop(app: Any) -> None:

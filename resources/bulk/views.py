@@ -178,9 +178,3 @@ def download(job_id: str, name: str):
             yield b"".join(chunk)
 
     return Response(stream_with_context(body()), mimetype=NDJSON)
-
-
-def init_app(app: Any) -> None:
-    @app.before_request
-    def _runner() -> None:
-        jobs.start_runner(app)

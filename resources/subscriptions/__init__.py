@@ -30,7 +30,7 @@ def init_app(app: Flask, api: object) -> None:
     from resources.capability import TYPE_EXTRAS
     from resources.interactions import BEFORE_WRITE
     from resources.repository import WRITE_LISTENERS
-    from resources.subscriptions import delivery, hooks, store, views
+    from resources.subscriptions import hooks, store, views
 
     BEFORE_WRITE["Subscription"] = hooks.before_write
     OWNED_TYPES["Subscription"] = store.owned
@@ -38,10 +38,6 @@ def init_app(app: Flask, api: object) -> None:
     if not any(isinstance(x, hooks.Listener) for x in WRITE_LISTENERS):
         WRITE_LISTENERS.append(hooks.LISTENER)
     api.register_blueprint(views.blp)  # type: ignore[attr-defined]
-
-    @app.before_request
-    def _worker() -> None:
-        delivery.start_worker(app)  # once per process, after gunicorn forked it
 
     @app.after_request
     def _secret(resp: Response) -> Response:

@@ -153,6 +153,26 @@ def test_background_threads_stop_when_the_app_pool_is_closed(database_url):
     assert not any(t.thread.is_alive() for t in threads)
 
 
+def test_background_threads_start_at_a_processs_first_request_under_any_server(database_url):
+    """Served by something other than `fhir-api serve` (whose workers start them at boot), the app starts
+    its chainer, export runner and subscription worker at its first request, once."""
+    application = create_app(
+        {"DATABASE_URL": database_url, "AUDIT_CHAIN_INTERVAL": 0.05, "SUBSCRIPTION_WORKER": True}
+    )
+    names = [("fhir_audit", "chainer"), ("fhir_export", "runner"), ("fhir_subscriptions", "worker")]
+    assert not any(application.extensions.get(ext, {}).get(key) for ext, key in names)
+    client = application.test_client()
+    assert client.get("/healthz").status_code == 200
+    started = [application.extensions[ext][key] for ext, key in names]
+    assert all(t.thread.is_alive() for t in started)
+    client.get("/healthz")
+    assert [application.extensions[ext][key] for ext, key in names] == started  # the same threads
+    application.extensions["fhir_db"]["engine"].dispose()
+    for t in started:
+        t.thread.join(5)
+    assert not any(t.thread.is_alive() for t in started)
+
+
 def test_no_background_threads_for_another_wsgi_app():
     """`fhir-api serve`'s worker hooks also serve other Flask apps (bench/floor_app.py): they start nothing
     for an app without this server's database, and the worker boots."""
