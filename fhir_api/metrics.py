@@ -141,6 +141,10 @@ def _observe(resp: Response) -> Response:
     REQUESTS.labels(interaction, _resource_type(), str(resp.status_code)).inc()
     if started is not None:
         LATENCY.labels(interaction).observe(time.perf_counter() - started)
+    now = time.monotonic()
+    if now - _pool_sampled[0] < POOL_SAMPLE_SECONDS:
+        return resp
+    _pool_sampled[0] = now
     engine = current_app.extensions.get("fhir_db", {}).get("engine")
     pool = getattr(engine, "pool", None)
     if pool is not None and hasattr(pool, "checkedout"):
@@ -148,6 +152,12 @@ def _observe(resp: Response) -> Response:
         POOL.labels("idle").set(pool.checkedin())
         POOL.labels("overflow").set(max(0, pool.overflow()))
     return resp
+
+
+# The pool gauges are sampled at most this often per process (three gauge writes on every request were a
+# percent of a busy worker's CPU; a scraper reads them every 15 s or so).
+POOL_SAMPLE_SECONDS = 1.0
+_pool_sampled = [float("-inf")]
 
 
 def _allowed() -> bool:

@@ -93,6 +93,23 @@ def test_metrics_count_requests_by_interaction_type_and_status(client, anonymous
     assert pid not in body  # labels never carry ids
 
 
+def test_pool_gauges_are_sampled_at_most_once_a_second_per_process(client, monkeypatch):
+    from types import SimpleNamespace
+
+    from fhir_api import metrics
+
+    sets: list[str] = []
+    fake = SimpleNamespace(labels=lambda state: SimpleNamespace(set=lambda _value: sets.append(state)))
+    monkeypatch.setattr(metrics, "POOL", fake)
+    monkeypatch.setattr(metrics, "_pool_sampled", [float("-inf")])
+    client.get("/healthz")
+    client.get("/healthz")
+    assert sets == ["checked_out", "idle", "overflow"]
+    monkeypatch.setattr(metrics, "POOL_SAMPLE_SECONDS", 0.0)
+    client.get("/healthz")
+    assert len(sets) == 6
+
+
 def test_metrics_are_for_the_scraper_only(database_url):
     open_app = create_app({"DATABASE_URL": database_url})
     assert (
