@@ -233,13 +233,9 @@ def test_exports_are_audited(server, data):
     assert all(e["outcome"] == "0" for e in events)
 
 
-def test_a_cancel_is_seen_by_the_runner_that_loaded_the_job_before_it(app, tmp_path):
-    """The runner's session keeps objects across commits (expire_on_commit=False): its lease renewal and
-    its final step must read the row as it is now, or a finished export would overwrite a cancel."""
-    from fhir_api import db
+def _queued_job(session, url: str = "http://x/$export"):
     from resources.bulk import jobs
 
-    app.config["EXPORT_DIR"] = str(tmp_path)
     principal = {
         "client_id": "c",
         "role": "clinical-system",
@@ -247,17 +243,27 @@ def test_a_cancel_is_seen_by_the_runner_that_loaded_the_job_before_it(app, tmp_p
         "jti": "j",
         "subject": "c",
     }
+    return jobs.kick_off(
+        session,
+        principal=principal,
+        level="system",
+        group_id=None,
+        types=["Patient"],
+        since=None,
+        type_filters={},
+        request_url=url,
+    )
+
+
+def test_a_cancel_is_seen_by_the_runner_that_loaded_the_job_before_it(app, tmp_path):
+    """The runner's session keeps objects across commits (expire_on_commit=False): its lease renewal and
+    its final step must read the row as it is now, or a finished export would overwrite a cancel."""
+    from fhir_api import db
+    from resources.bulk import jobs
+
+    app.config["EXPORT_DIR"] = str(tmp_path)
     with app.app_context(), db.new_session() as runner, db.new_session() as other:
-        job = jobs.kick_off(
-            runner,
-            principal=principal,
-            level="system",
-            group_id=None,
-            types=["Patient"],
-            since=None,
-            type_filters={},
-            request_url="http://x/$export",
-        )
+        job = _queued_job(runner)
         assert jobs.claim(runner, "owner-1") == job.id
         runner.get(jobs.ExportJob, job.id)  # loaded as "running" in the runner's identity map
         jobs.cancel(other, jobs.get(other, job.id), jobs.store(app))
@@ -271,35 +277,17 @@ def test_runners_take_the_oldest_queued_job_and_jobs_whose_lease_ran_out(app, tm
     from resources.bulk import jobs
 
     app.config["EXPORT_DIR"] = str(tmp_path)
-    principal = {
-        "client_id": "c",
-        "role": "clinical-system",
-        "scope": "system/*.rs",
-        "jti": "j",
-        "subject": "c",
-    }
     with app.app_context(), db.new_session() as s:
         made = []
         for n in range(2):
             time.sleep(0.005)  # distinct creation times (milliseconds)
-            job = jobs.kick_off(
-                s,
-                principal=principal,
-                level="system",
-                group_id=None,
-                types=["Patient"],
-                since=None,
-                type_filters={},
-                request_url=f"http://x/$export?n={n}",
-            )
-            made.append(job.id)
+            made.append(_queued_job(s, f"http://x/$export?n={n}").id)
         assert jobs.claim(s, "w1") == made[0]
         assert jobs.claim(s, "w2") == made[1]
         assert jobs.claim(s, "w3") is None  # both leased
         with db.write_transaction(s):  # w1's process died: its lease runs out
-            s.get(jobs.ExportJob, made[0], populate_existing=True).lease_until = db.now() - timedelta(
-                seconds=1
-            )
+            died = s.get(jobs.ExportJob, made[0], populate_existing=True)
+            died.lease_until = db.now() - timedelta(seconds=1)
         assert jobs.claim(s, "w3") == made[0]
         job = s.get(jobs.ExportJob, made[0], populate_existing=True)
         assert (job.status, job.lease_owner, job.progress) == ("running", "w3", 0)
