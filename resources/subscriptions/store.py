@@ -127,6 +127,10 @@ class Leadership:
         self.conn = conn
         return True
 
+    def leads(self) -> bool:
+        """Whether this process matched at its last try (SQLite: always, it serves one process)."""
+        return self.engine.dialect.name != "postgresql" or self.conn is not None
+
     def release(self) -> None:
         if self.conn is not None:
             with contextlib.suppress(Exception):

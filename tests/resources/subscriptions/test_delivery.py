@@ -135,3 +135,46 @@ def test_one_process_matches_and_another_takes_over_when_it_goes(app):
     finally:
         first.release()
         second.release()
+
+
+def test_processes_that_do_not_match_poll_four_times_less_often_when_idle(app, monkeypatch):
+    """The matching process sends what it matched in the same round; the others, there to share a heavy
+    load, look every FOLLOWER_POLLS intervals while nothing is due (an idle server's polls: 4 + n - 1 a
+    second, not 4 n)."""
+    import threading
+    import time
+
+    import pytest
+
+    from fhir_api import db
+    from resources.subscriptions import delivery
+    from resources.subscriptions.store import Leadership
+
+    with app.app_context():
+        engine = db.engine()
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite serves one process, which always matches")
+    app.config["SUBSCRIPTION_POLL_SECONDS"] = 0.05
+    polls: list[float] = []
+    monkeypatch.setattr(delivery, "deliver_once", lambda *_a, **_k: polls.append(time.monotonic()) or 0)
+
+    def polls_in(seconds: float) -> int:
+        polls.clear()
+        worker = delivery.Worker(app)
+        thread = threading.Thread(target=worker.run_here, daemon=True)
+        thread.start()
+        time.sleep(seconds)
+        worker.stop_event.set()
+        thread.join(5)
+        return len(polls)
+
+    other = Leadership(engine)
+    try:
+        assert other.held() and other.leads()  # another process matches
+        follower = polls_in(1.0)
+    finally:
+        other.release()
+    assert not other.leads()
+    leader = polls_in(1.0)  # this one takes the lock at its first poll
+    assert follower <= 1.0 / (delivery.FOLLOWER_POLLS * 0.05) + 2  # every 0.2 s: about 5
+    assert leader >= 12  # every 0.05 s: about 20
