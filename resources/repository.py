@@ -158,7 +158,7 @@ class ResourceRepository:
 
     def read(self, res_type: str, res_id: str) -> Stored | None:
         """The current version: one indexed join, run as a cached Core statement (the hottest path)."""
-        row = fetch_one(self.session.connection(), _READ_CURRENT, {"t": res_type, "i": res_id})
+        row = fetch_one(self.session, _READ_CURRENT, {"t": res_type, "i": res_id})
         return _stored_row(row) if row else None
 
     def vread(self, res_type: str, res_id: str, version: int, visible: Visibility = None) -> Stored | None:

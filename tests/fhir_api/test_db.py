@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from flask import g
 from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.exc import IntegrityError, MultipleResultsFound
 
@@ -299,3 +300,98 @@ def test_fetch_one_invalidates_a_connection_the_server_dropped(app):
         s.rollback()
     with app.app_context(), db.new_session() as s:  # the pool hands out a working connection again
         assert db.fetch_one(s.connection(), _READ_CURRENT, {"t": "Patient", "i": "none"}) is None
+
+
+# -- the request's lean connection (PostgreSQL): a read and its audit record without the Session ------------
+def _pg_only(app) -> None:
+    with app.app_context():
+        if db.engine().dialect.name != "postgresql":
+            pytest.skip("PostgreSQL's path")
+
+
+@pytest.mark.parametrize(
+    "value", ["", "plain", "it's", "back\\slash", "both ' and \\", "ünï 😀 \u2028", '{"a":"b"}', "''"]
+)
+def test_a_string_literal_is_what_libpq_quotes(app, value):
+    _pg_only(app)
+    from psycopg import pq
+
+    with app.app_context(), db.engine().connect() as conn:
+        raw = conn.connection.dbapi_connection
+        escape = pq.Escaping(raw.pgconn)
+        expected = escape.escape_literal(value.encode()).decode()
+        assert db._literal(value, escape, "utf-8") == expected
+        assert conn.exec_driver_sql("SELECT " + expected.replace("%", "%%")).scalar() == value
+
+
+def test_a_request_that_only_reads_does_so_without_the_session(app):
+    """The read by id and the record committed after it run on one pooled connection in autocommit: the
+    Session never begins, the batch commits as a transaction of its own, and the connection goes back to
+    the pool as the pool hands connections out (not in autocommit, idle)."""
+    _pg_only(app)
+    _stored(app, "p3")
+    link = [{"event_id": "ev-lean", "kind": "patient", "ref": "Patient/p3", "recorded": AT}]
+    with app.test_request_context("/fhir/R4/Patient/p3"):
+        s = db.session()
+        row = db.fetch_one(s, _READ_CURRENT, {"t": "Patient", "i": "p3"})
+        assert row is not None and row[2] == 2
+        lean = db.lean_connection(s)
+        assert lean is not None and lean.driver_connection.autocommit
+        db.commit_batch(s, [(insert(AuditLink.__table__), link)], flush=False)
+        assert not s.in_transaction()
+        pool = db.engine().pool
+        assert pool.checkedout() == 1
+    assert pool.checkedout() == 0  # returned at teardown
+    assert _links(app, "ev-lean") == [("Patient/p3", AT)]
+    with app.app_context(), db.engine().connect() as conn:
+        assert conn.connection.dbapi_connection.autocommit is False
+
+
+def test_once_the_session_has_begun_its_transaction_reads_and_records_stay_in_it(app):
+    _pg_only(app)
+    with app.test_request_context("/fhir/R4/Patient/p4"):
+        s = db.session()
+        with db.write_transaction(s):
+            pointer = {"res_type": "Patient", "res_id": "p4", "version": 1, "deleted": False}
+            s.execute(insert(Resource.__table__), [{**pointer, "last_updated": AT}])
+            assert db.lean_connection(s) is None
+            # the uncommitted pointer row is visible: the read ran in the session's transaction
+            assert db.fetch_one(s, _VERSION_OF, {"i": "p4"}) == (1,)
+        assert g.get("db_lean") is None
+
+
+_VERSION_OF = select(Resource.version).where(Resource.res_id == bindparam("i"))
+
+
+def test_a_failed_record_on_the_lean_connection_rolls_back_and_the_connection_serves_on(app):
+    _pg_only(app)
+    link = {"event_id": "ev-dup", "kind": "patient", "ref": "Patient/x", "recorded": AT}
+    with app.test_request_context("/fhir/R4/Patient/x"):
+        s = db.session()
+        with pytest.raises(IntegrityError):
+            db.commit_batch(s, [(insert(AuditLink.__table__), [link, link])])
+        lean = db.lean_connection(s)
+        assert lean is not None
+        assert db.fetch_one(s, _READ_CURRENT, {"t": "Patient", "i": "x"}) is None  # still usable
+        db.commit_batch(s, [(insert(AuditLink.__table__), [link])])
+    assert _links(app, "ev-dup") == [("Patient/x", AT)]
+
+
+def test_only_the_read_by_id_is_prepared_and_it_gets_the_generic_plan(app):
+    """A search statement run many times stays unprepared (planned with its values each time: a generic
+    plan would lose the constants its indexes need); the read by primary key is prepared and, once
+    PostgreSQL has seen its custom plans cost the same, runs a generic plan with no planning at all."""
+    _pg_only(app)
+    _stored(app, "p5")
+    search = select(Resource.res_id).where(Resource.res_type == bindparam("t"), Resource.res_id.like("p%"))
+    with app.app_context(), db.engine().connect() as conn:
+        for _ in range(12):
+            assert db.fetch_one(conn, _READ_CURRENT, {"t": "Patient", "i": "p5"}) is not None
+            conn.execute(search, {"t": "Patient"}).all()
+        prepared = conn.exec_driver_sql(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+        ).all()
+    assert len(prepared) == 1, prepared
+    statement, generic, custom = prepared[0]
+    assert "JOIN resource" in statement and "LIKE" not in statement
+    assert generic >= 5 and custom <= 5
