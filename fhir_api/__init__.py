@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -11,9 +13,30 @@ from flask_smorest import Api
 from fhir_api import config as config_module
 
 
+class FhirFlask(Flask):
+    """Flask, deciding once per function whether it is a coroutine: ``ensure_sync`` runs for every hook,
+    view and teardown function of every request (a dozen ``inspect`` calls per request here otherwise)."""
+
+    _SYNC_CACHE_LIMIT = 1024  # the app's registered functions; anything beyond is checked each time
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return self._sync[func]
+        except (KeyError, TypeError):  # TypeError: an unhashable callable
+            ready = super().ensure_sync(func)
+        if len(self._sync) < self._SYNC_CACHE_LIMIT:
+            with contextlib.suppress(TypeError):
+                self._sync[func] = ready
+        return ready
+
+
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """Defaults, then ``FHIR_*`` environment variables, then ``overrides`` (tests, CLI)."""
-    app = Flask(__name__)
+    app = FhirFlask(__name__)
     app.config.from_mapping(config_module.DEFAULTS)
     app.config.from_prefixed_env("FHIR")
     if overrides:

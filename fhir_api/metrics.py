@@ -14,6 +14,7 @@ import ipaddress
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask_smorest import Blueprint
@@ -138,9 +139,16 @@ def _resource_type() -> str:
 def _observe(resp: Response) -> Response:
     started = g.get("started")
     interaction = _interaction()
-    REQUESTS.labels(interaction, _resource_type(), str(resp.status_code)).inc()
+    key = (interaction, _resource_type(), resp.status_code)
+    counter = _counters.get(key)
+    if counter is None:
+        counter = _counters[key] = REQUESTS.labels(interaction, key[1], str(resp.status_code))
+    counter.inc()
     if started is not None:
-        LATENCY.labels(interaction).observe(time.perf_counter() - started)
+        histogram = _histograms.get(interaction)
+        if histogram is None:
+            histogram = _histograms[interaction] = LATENCY.labels(interaction)
+        histogram.observe(time.perf_counter() - started)
     now = time.monotonic()
     if now - _pool_sampled[0] < POOL_SAMPLE_SECONDS:
         return resp
@@ -153,6 +161,11 @@ def _observe(resp: Response) -> Response:
         POOL.labels("overflow").set(max(0, pool.overflow()))
     return resp
 
+
+# Each series' child, found once per process (``labels`` takes a lock and builds a key on every call); the
+# label values are bounded: interactions, resource types and status codes.
+_counters: dict[tuple[str, str, int], Any] = {}
+_histograms: dict[str, Any] = {}
 
 # The pool gauges are sampled at most this often per process (three gauge writes on every request were a
 # percent of a busy worker's CPU; a scraper reads them every 15 s or so).

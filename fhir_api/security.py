@@ -2,7 +2,7 @@
 
 Why CORS is off by default: browser apps of other origins are the exception for a clinical data server,
 and every allowed origin is a place a stolen token can be used from; operators name them
-(``FHIR_CORS_ORIGINS``). Why headers are added with ``setdefault``: HTML pages (audit UI, docs) set their
+(``FHIR_CORS_ORIGINS``). Why headers are added only where absent: HTML pages (audit UI, docs) set their
 own, stricter-for-them Content-Security-Policy, and the JSON API gets the "nothing may load" policy
 the OWASP REST guidance recommends.
 """
@@ -63,15 +63,26 @@ def _check_sizes(max_url: int, max_headers: int) -> None:
         raise HeadersTooLarge(f"The request's headers take {size} bytes; at most {max_headers} are accepted")
 
 
+_DEFAULT_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", API_CSP),
+    ("Cross-Origin-Resource-Policy", "same-site"),
+)
+_DEFAULT_NAMES = tuple((name.lower(), name, value) for name, value in _DEFAULT_HEADERS)
+
+
 def _headers(resp: Response, hsts: int) -> Response:
+    """The security headers a response has not set itself (one pass over its fields: werkzeug's
+    ``setdefault`` raises and catches a KeyError per absent field, on every response)."""
     h = resp.headers
-    h.setdefault("X-Content-Type-Options", "nosniff")
-    h.setdefault("Referrer-Policy", "no-referrer")
-    h.setdefault("X-Frame-Options", "DENY")
-    h.setdefault("Content-Security-Policy", API_CSP)
-    h.setdefault("Cross-Origin-Resource-Policy", "same-site")
-    vary = h.getlist("Vary")
-    if len(vary) > 1:  # compression and CORS each add one: a single field is kinder to caches and proxies
+    present = [k.lower() for k, _ in h]
+    for lower, name, value in _DEFAULT_NAMES:
+        if lower not in present:
+            h.add(name, value)
+    if present.count("vary") > 1:  # compression and CORS each add one: one field is kinder to caches
+        vary = h.getlist("Vary")
         h["Vary"] = ", ".join(dict.fromkeys(v.strip() for field in vary for v in field.split(",")))
     if hsts and request.is_secure:  # behind TLS (directly, or a trusted proxy's X-Forwarded-Proto)
         h.setdefault("Strict-Transport-Security", f"max-age={hsts}; includeSubDomains")

@@ -35,8 +35,11 @@ def test_api_responses_carry_security_headers(client):
     assert resp.headers["Referrer-Policy"] == "no-referrer"
     assert resp.headers["X-Frame-Options"] == "DENY"
     assert resp.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert resp.headers["Cross-Origin-Resource-Policy"] == "same-site"
     assert resp.headers["Cache-Control"] == "no-store"
     assert "Strict-Transport-Security" not in resp.headers  # plain HTTP: HSTS would be ignored anyway
+    names = [k.lower() for k, _ in resp.headers]
+    assert len(names) == len(set(names))  # no field twice
 
 
 def test_hsts_only_over_tls(client):
@@ -46,7 +49,9 @@ def test_hsts_only_over_tls(client):
 
 def test_html_pages_keep_their_own_stricter_policy(anonymous):
     resp = anonymous.get("/docs/errors")
-    assert resp.headers["Content-Security-Policy"] == "default-src 'none'; style-src 'unsafe-inline'"
+    policy = "default-src 'none'; style-src 'unsafe-inline'"
+    assert resp.headers.getlist("Content-Security-Policy") == [policy]
+    assert resp.headers["X-Frame-Options"] == "DENY"  # the defaults it did not set itself are added
 
 
 def test_cors_is_off_by_default(client):
