@@ -218,9 +218,26 @@ def write_transaction(s: Session, *, single_batch: bool = False) -> Iterator[Ses
 
     ``single_batch``: the caller's one ``execute_batch`` is the transaction's last statement, so on
     PostgreSQL its COMMIT travels in the same round trip (the commit here then finds nothing left to do).
+    In a request, on PostgreSQL, the Session does not even begin: the batch goes as ``BEGIN; ...; COMMIT``
+    on the request's ``lean_connection``, unless something inside queried through the Session first (the
+    batch then joins that transaction, as it would have anyway).
     """
     if s.in_transaction():
         s.commit()  # end a read-only transaction opened earlier in the request
+    if single_batch and lean_connection(s) is not None:
+        s.info[_COMMIT_WITH_BATCH] = _ON_LEAN
+        try:
+            yield s
+        except BaseException:
+            if s.in_transaction():
+                s.rollback()
+            raise
+        else:
+            if s.in_transaction():
+                s.commit()
+        finally:
+            s.info.pop(_COMMIT_WITH_BATCH, None)
+        return
     with s.begin():
         s.connection(execution_options=WRITE)
         s.info[_COMMIT_WITH_BATCH] = single_batch
@@ -231,6 +248,7 @@ def write_transaction(s: Session, *, single_batch: bool = False) -> Iterator[Ses
 
 
 _COMMIT_WITH_BATCH = "fhir_commit_with_batch"
+_ON_LEAN = "lean"  # the single batch may go on the request's lean connection
 _NO_FLUSH = text("SET LOCAL synchronous_commit TO off")
 Batch = list[tuple[Any, list[dict[str, Any]]]]  # (Core DML statement, parameter rows)
 
@@ -287,12 +305,17 @@ def execute_batch(s: Session, batch: Batch) -> None:
     driver values (str, int, float, bool, aware datetime, lists of ints): no SQLAlchemy type processing
     happens on either PostgreSQL path.
     """
-    conn = s.connection()
     commit = s.info.get(_COMMIT_WITH_BATCH)
     if commit is None and _COMMIT_WITH_BATCH in s.info:
         raise RuntimeError("this write transaction was already committed with its single batch")
     if commit:
         s.info[_COMMIT_WITH_BATCH] = None  # a second batch would run outside the committed transaction
+    if commit == _ON_LEAN:
+        lean = lean_connection(s)
+        if lean is not None and _commit_lean(lean, batch):
+            return
+    begun = s.in_transaction() or commit != _ON_LEAN
+    conn = s.connection() if begun else s.connection(execution_options=WRITE)
     if conn.dialect.name != "postgresql":
         for stmt, rows in batch:
             if rows:

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Flask, current_app
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from fhir_api import db
@@ -87,25 +87,35 @@ def cancel(session: Session, job: ExportJob, files: FileStore) -> None:
 
 def claim(session: Session, owner: str) -> str | None:
     """Take the oldest queued job, or a running one whose lease ran out; None when there is none. One Core
-    UPDATE ... RETURNING of the row a SKIP LOCKED subquery picks: every worker polls once a second, and an
+    UPDATE ... RETURNING of the row a SKIP LOCKED subquery picks, built once: every worker polls, and an
     idle poll should cost next to nothing."""
     now = db.now()
-    c = ExportJob.__table__.c
-    pick = (
-        select(c.id)
-        .where(or_(c.status == "queued", and_(c.status == "running", c.lease_until < now)))
-        .order_by(c.created)
+    params = {"p_now": now, "p_owner": owner, "p_until": now + LEASE}
+    with db.write_transaction(session):
+        return session.connection().execute(_CLAIM, params).scalar_one_or_none()
+
+
+_JOB = ExportJob.__table__.c
+_NOW = bindparam("p_now", type_=_JOB.lease_until.type)
+_CLAIM = (
+    update(ExportJob.__table__)
+    .where(
+        _JOB.id
+        == select(_JOB.id)
+        .where(or_(_JOB.status == "queued", and_(_JOB.status == "running", _JOB.lease_until < _NOW)))
+        .order_by(_JOB.created)
         .limit(1)
         .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
-    stmt = (
-        update(ExportJob.__table__)
-        .where(c.id == pick.scalar_subquery())
-        .values(status="running", lease_owner=owner, lease_until=now + LEASE, progress=0)
-        .returning(c.id)
+    .values(
+        status="running",
+        lease_owner=bindparam("p_owner", type_=_JOB.lease_owner.type),
+        lease_until=bindparam("p_until", type_=_JOB.lease_until.type),
+        progress=0,
     )
-    with db.write_transaction(session):
-        return session.connection().execute(stmt).scalar_one_or_none()
+    .returning(_JOB.id)
+)
 
 
 def _renew(session: Session, job_id: str, owner: str, progress: int) -> bool:
