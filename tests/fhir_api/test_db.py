@@ -395,3 +395,23 @@ def test_only_the_read_by_id_is_prepared_and_it_gets_the_generic_plan(app):
     statement, generic, custom = prepared[0]
     assert "JOIN resource" in statement and "LIKE" not in statement
     assert generic >= 5 and custom <= 5
+
+
+def test_a_single_batch_write_in_a_request_commits_on_the_lean_connection(app):
+    """The Session never begins: the batch goes as BEGIN ... COMMIT in one query. An error before the batch
+    writes nothing; a query through the Session inside the write makes the batch join its transaction."""
+    _pg_only(app)
+    with app.test_request_context("/fhir/R4/Patient", method="POST"):
+        s = db.session()
+        with db.write_transaction(s, single_batch=True):
+            assert not s.in_transaction()
+            db.execute_batch(s, [(insert(TokenIndex.__table__), _rows(2))])
+        assert not s.in_transaction() and db.lean_connection(s) is not None
+        with pytest.raises(ValueError), db.write_transaction(s, single_batch=True):
+            raise ValueError("refused before the batch")
+        with db.write_transaction(s, single_batch=True):
+            assert s.execute(select(func.count()).select_from(TokenIndex)).scalar_one() == 2
+            assert db.lean_connection(s) is None  # the Session has begun: the batch joins it
+            db.execute_batch(s, [(insert(TokenIndex.__table__), _rows(1, "r9"))])
+        assert not s.in_transaction()
+    assert _count(app) == 3
