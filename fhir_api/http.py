@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import simplejson
 from flask import Flask, Response, current_app, g, request
-from werkzeug.http import http_date, parse_date, parse_options_header
+from werkzeug.http import parse_date, parse_options_header
 
 from fhir_api import logs
 from fhir_api.errors import NotAcceptable, UnsupportedMediaType
@@ -148,8 +148,18 @@ def parse_etag(value: str | None) -> int | None:
     return int(match.group(1))
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def last_modified(when: datetime) -> str:
-    return http_date(when)
+    """``when`` as an HTTP date (RFC 9110 IMF-fixdate), as ``werkzeug.http.http_date`` writes it: on every
+    read and write, without its trip through ``email.utils`` (names fixed in English, whatever the locale)."""
+    t = when.astimezone(UTC) if when.tzinfo is not None else when
+    return (
+        f"{_DAYS[t.weekday()]}, {t.day:02d} {_MONTHS[t.month - 1]} {t.year:04d} "
+        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} GMT"
+    )
 
 
 def not_modified(version: int, when: datetime) -> bool:
