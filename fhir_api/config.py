@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_ALLOW": "127.0.0.0/8, ::1/128",
     # Bulk $export: where files go (default ./var/exports), how often each process looks for jobs
     "EXPORT_DIR": None,
-    "EXPORT_POLL_INTERVAL": 1.0,
+    "EXPORT_POLL_INTERVAL": 5.0,  # seconds between a runner's polls (a kick-off wakes its own process's)
     # Subscriptions (rest-hook webhooks): each app process runs a worker thread that matches and delivers.
     "SUBSCRIPTION_WORKER": True,
     "SUBSCRIPTION_POLL_SECONDS": 0.25,  # how often each process looks for events due

@@ -67,6 +67,7 @@ def kick_off(
     )
     with db.write_transaction(session):
         session.add(job)
+    wake_runner(current_app._get_current_object())  # type: ignore[attr-defined]
     return job
 
 
@@ -241,13 +242,19 @@ class Runner:
 
     def __init__(self, app: Flask) -> None:
         self.app = app
-        self.interval = float(app.config.get("EXPORT_POLL_INTERVAL", 1.0))
+        self.interval = float(app.config.get("EXPORT_POLL_INTERVAL", 5.0))
         self.stopped = threading.Event()
+        self.woken = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="export-runner", daemon=True)
 
     def stop(self) -> None:
         """Take no further job (the app's pool was closed); one under way keeps its lease until it ends."""
         self.stopped.set()
+        self.woken.set()
+
+    def wake(self) -> None:
+        """Look for a job now (one was just kicked off in this process), not at the next poll."""
+        self.woken.set()
 
     def _loop(self) -> None:
         while not self.stopped.is_set():
@@ -258,12 +265,21 @@ class Runner:
                 if self.stopped.is_set():
                     return
                 log.warning("export runner: %s", type(exc).__name__)
-            self.stopped.wait(self.interval)
+            self.woken.wait(self.interval)
+            self.woken.clear()
+
+
+def wake_runner(app: Flask) -> None:
+    """Wake this process's runner, if it has one: a kick-off starts at once wherever it lands, and the
+    runners of other processes only poll for jobs left over (their lease ran out) every few seconds."""
+    state = app.extensions.get("fhir_export") or {}
+    if state.get("pid") == os.getpid() and state.get("runner") is not None:
+        state["runner"].wake()
 
 
 def start_runner(app: Flask) -> Runner | None:
     """Start this process's runner once; it stops when the app's pool is closed."""
-    if app.testing or float(app.config.get("EXPORT_POLL_INTERVAL", 1.0)) <= 0:
+    if app.testing or float(app.config.get("EXPORT_POLL_INTERVAL", 5.0)) <= 0:
         return None
     state = app.extensions.setdefault("fhir_export", {})
     if state.get("pid") == os.getpid():

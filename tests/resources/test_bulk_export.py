@@ -292,3 +292,42 @@ def test_runners_take_the_oldest_queued_job_and_jobs_whose_lease_ran_out(app, tm
         job = s.get(jobs.ExportJob, made[0], populate_existing=True)
         assert (job.status, job.lease_owner, job.progress) == ("running", "w3", 0)
         assert job.lease_until > db.now()
+
+
+def test_a_kick_off_wakes_its_own_process_runner_at_once(app, tmp_path, monkeypatch):
+    """Runners poll every few seconds (FHIR_EXPORT_POLL_INTERVAL, 5 by default) for jobs left over by
+    other processes; a job kicked off here is looked for at once, not at the next poll."""
+    import os
+    import threading
+
+    from fhir_api import db
+    from resources.bulk import jobs
+
+    app.config["EXPORT_DIR"] = str(tmp_path)
+    app.config["EXPORT_POLL_INTERVAL"] = 60
+    looked = threading.Event()
+    polls = []
+
+    def pending_once(_app):
+        polls.append(time.monotonic())
+        if len(polls) > 1:
+            looked.set()
+        return False
+
+    monkeypatch.setattr(jobs, "pending_once", pending_once)
+    runner = jobs.Runner(app)
+    app.extensions["fhir_export"] = {"pid": os.getpid(), "runner": runner}
+    runner.thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not polls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(polls) == 1  # the first look, then a 60 s wait
+        with app.app_context(), db.new_session() as s:
+            _queued_job(s)
+        assert looked.wait(2), "the kick-off did not wake the runner"
+    finally:
+        runner.stop()
+        runner.thread.join(2)
+        app.extensions.pop("fhir_export", None)
+    assert not runner.thread.is_alive()
