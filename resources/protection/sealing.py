@@ -8,8 +8,10 @@ pointer. A policy change therefore never makes stored data unreadable.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from simplejson import RawJSON
 
 from crypto.envelope import FieldCipher
@@ -89,6 +91,43 @@ def open_sealed(doc: Any, cipher: FieldCipher, pointer: str = "") -> Any:
 
     The clear text is embedded as raw JSON (no parse and re-serialise of each value): the writer made it
     with the same serialiser, and AES-GCM has just proven it is exactly what the writer sealed there."""
+    for container, key, token, here in list(sealed_values(doc, pointer)):
+        container[key] = RawJSON(cipher.open(token, here).decode())
+    return doc
+
+
+def open_sealed_text(body: str, cipher: FieldCipher) -> str | None:
+    """The clear JSON of a stored body, each sealed object replaced in the text itself by what it
+    encrypts: the body was written by ``jsonio.dumps``, so everything around the sealed objects is already
+    what serialising the opened document would write (a parse by orjson finds them and their pointers; no
+    Decimal-preserving parse and no re-serialisation). None, having opened nothing, when the body is not
+    in that form (the caller then parses and re-serialises it). A ``{"$enc":"..."}`` cannot occur inside a
+    JSON string (its quotes would be escaped there), and each ciphertext is unique, so each is found once.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:  # e.g. a number beyond a double's range
+        return None
+    found = [(token, here) for _container, _key, token, here in sealed_values(doc)]
+    parts: list[str] = []
+    at = 0
+    for token, _here in found:
+        needle = f'{{"{MARKER}":"{token}"}}'
+        at_marker = body.find(needle, at)
+        if at_marker < 0:
+            return None
+        parts.append(body[at:at_marker])
+        at = at_marker + len(needle)
+    parts.append(body[at:])
+    opened = [cipher.open(token, here).decode() for token, here in found]
+    out = [parts[0]]
+    for clear, rest in zip(opened, parts[1:], strict=True):
+        out += (clear, rest)
+    return "".join(out)
+
+
+def sealed_values(doc: Any, pointer: str = "") -> Iterator[tuple[Any, Any, str, str]]:
+    """(container, key, ciphertext, JSON pointer) of every sealed value in ``doc``, in document order."""
     items = doc.items() if isinstance(doc, dict) else enumerate(doc)
     for key, value in items:
         if isinstance(value, dict):
@@ -97,9 +136,8 @@ def open_sealed(doc: Any, cipher: FieldCipher, pointer: str = "") -> Any:
             if token is not None and len(value) == 1:
                 if not isinstance(token, str):
                     raise TamperedData(f"The protected value at {here} is not a ciphertext")
-                doc[key] = RawJSON(cipher.open(token, here).decode())
+                yield doc, key, token, here
             else:
-                open_sealed(value, cipher, here)
+                yield from sealed_values(value, here)
         elif isinstance(value, list):
-            open_sealed(value, cipher, f"{pointer}/{_escape(key) if isinstance(key, str) else key}")
-    return doc
+            yield from sealed_values(value, f"{pointer}/{_escape(key) if isinstance(key, str) else key}")

@@ -25,7 +25,7 @@ from resources import jsonio
 from resources.protection.blind import Hasher, hasher
 from resources.protection.models import IndexKey
 from resources.protection.policy import Policy
-from resources.protection.sealing import MARKER_TEXT, open_sealed, seal
+from resources.protection.sealing import MARKER_TEXT, open_sealed, open_sealed_text, seal
 
 INDEX_KEY_TTL = 10.0  # seconds a worker trusts its list of blind-index keys (rotation waits longer)
 LIVE_STATES = ("active", "building")
@@ -144,6 +144,9 @@ class Protection:
         if MARKER_TEXT not in body:
             return body
         cipher = self.envelopes.open(data_key, version_aad(res_type, res_id, version))
+        opened = open_sealed_text(body, cipher)
+        if opened is not None:
+            return opened
         try:
             doc = jsonio.loads_trusted(body)
         except ValueError:

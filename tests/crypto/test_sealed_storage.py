@@ -488,3 +488,42 @@ def test_sealed_data_stays_readable_when_protection_is_turned_off(app, client, s
     assert resp.status_code == 200
     assert strip_meta(resp.get_json()) == PATIENT
     assert "$enc" not in resp.get_data(as_text=True)
+
+
+def test_opening_in_the_text_gives_what_parsing_and_reserialising_gives(tmp_path) -> None:
+    """The read path replaces each sealed object in the stored text; the result must be exactly what the
+    general path (Decimal-preserving parse, open, serialise) writes, for nested, listed and contained
+    protected values, decimals, non-ASCII text and escapes. A body not in the writer's form (spaces) or
+    that orjson cannot read (a number beyond a double) is left to the general path; numbers orjson reads
+    only approximately (an integer beyond 64 bits) stay as written."""
+    from crypto.envelope import Envelopes
+    from crypto.kms import LocalKeyProvider, generate_key_file
+    from resources import jsonio
+    from resources.protection import sealing
+    from resources.protection.policy import Policy
+
+    generate_key_file(tmp_path / "keys.json")
+    envelopes = Envelopes(LocalKeyProvider(tmp_path / "keys.json"))
+    policy = Policy.build()
+    place = b"Patient/p/1"
+    resource = jsonio.loads_trusted(
+        '{"resourceType":"Patient","id":"p","name":[{"family":"Ünïcødé \\"q\\" \\\\ /","given":["A","B"]}],'
+        '"birthDate":"1974-12-25","telecom":[{"system":"phone","value":"+61 3 5555 6473"}],'
+        '"address":[{"line":["534 Erewhon St"],"city":"Pleasant\\u2028Ville"}],'
+        '"extension":[{"url":"http://x","valueDecimal":1.50}],'
+        '"contained":[{"resourceType":"Patient","id":"c","name":[{"family":"Inner"}]}]}'
+    )
+    cipher, _wrapped, _kid = envelopes.new(place)
+    sealed = sealing.seal(resource, policy, lambda: cipher)
+    assert sealed is not None
+    body = jsonio.dumps(sealed)
+    assert body.count(sealing.MARKER_TEXT) >= 3
+    general = jsonio.dumps(sealing.open_sealed(jsonio.loads_trusted(body), cipher))
+    assert sealing.open_sealed_text(body, cipher) == general
+    assert '"valueDecimal":1.50' in general and jsonio.loads_trusted(general) == resource
+    assert sealing.open_sealed_text(body.replace('":', '": '), cipher) is None  # not the writer's form
+    big = body[:-1] + ',"x":123456789012345678901234567890}'
+    opened = sealing.open_sealed_text(big, cipher)
+    assert opened == jsonio.dumps(sealing.open_sealed(jsonio.loads_trusted(big), cipher))
+    assert opened.endswith(',"x":123456789012345678901234567890}')
+    assert sealing.open_sealed_text(body[:-1] + ',"y":1e400}', cipher) is None
