@@ -132,6 +132,15 @@ def test_chainers_take_turns(tmp_path):
             seqs = [r[0] for r in conn.execute(text("SELECT seq FROM audit_chain ORDER BY seq"))]
             events = conn.execute(text("SELECT count(*) FROM audit_event")).scalar()
         assert seqs == list(range(1, events + 1))
+        with engine.connect() as conn:  # each link carries its event's position, time and transaction
+            pairs = conn.execute(
+                text(
+                    "SELECT c.recorded, e.recorded, c.txid, e.txid FROM audit_chain c "
+                    "JOIN audit_event e ON e.pos = c.pos"
+                )
+            ).all()
+        assert len(pairs) == events
+        assert all(cr == er and ct == et for cr, er, ct, et in pairs), pairs[:3]
         engine.dispose()
 
 
