@@ -6,6 +6,7 @@ import math
 import queue
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -518,34 +519,74 @@ def fetch_one(conn: Connection | Session, stmt: Any, params: dict[str, Any]) -> 
 def _pg_fetch_one(
     raw: Any, invalidate: Callable[[], None], dialect: Any, stmt: Any, params: dict[str, Any]
 ) -> tuple[Any, ...] | None:
-    import psycopg
+    """Through libpq itself: a statement prepared once per connection (``PQexecPrepared``, text parameters),
+    its row loaded by psycopg's own loaders. psycopg's cursor (its query conversion and prepared-statement
+    bookkeeping on every call) cost more than the round trip's client work. Parameters must be strings."""
     from psycopg import pq
+    from psycopg.adapt import Transformer
 
     keys = tuple(params)
     compiled = _PG_SELECT.get((stmt, keys))
     if compiled is None:
         processors = tuple(c.type.result_processor(dialect, None) for c in stmt.selected_columns)
-        compiled = (_pg_sql(stmt, dialect, keys), processors)
+        numbered = _pg_sql(stmt, dialect, keys)
+        for n, key in enumerate(keys, 1):
+            numbered = numbered.replace(f"%({key})s", f"${n}")
+        name = f"fhir_{len(_PG_SELECT)}".encode()
+        compiled = (name, numbered.replace("%%", "%").encode(), processors)
         _PG_SELECT[(stmt, keys)] = compiled
-    sql, processors = compiled
+    name, sql, processors = compiled
+    encoding = raw.info.encoding
+    values = [params[k].encode(encoding) for k in keys]
+    pgconn = raw.pgconn
+    prepared = _PREPARED.setdefault(raw, set())
+    nonblocking = pgconn.nonblocking
+    pgconn.nonblocking = 0  # the calls below block (with the GIL released) until the server answers
     try:
-        with raw.cursor() as cur:
-            cur.execute(sql, params, prepare=True)
-            rows = cur.fetchmany(2)
-    except psycopg.Error:
-        if raw.closed or raw.pgconn.status != pq.ConnStatus.OK:
-            invalidate()
-        raise
-    if not rows:
+        for _attempt in (1, 2):
+            if name not in prepared:
+                _check(pgconn.prepare(name, sql), pgconn, invalidate)
+                prepared.add(name)
+            result = pgconn.exec_prepared(name, values)
+            if result.error_field(pq.DiagnosticField.SQLSTATE) == b"26000":  # gone (DISCARD, a pooler)
+                prepared.discard(name)
+                continue
+            _check(result, pgconn, invalidate)
+            break
+    finally:
+        pgconn.nonblocking = nonblocking
+    if result.ntuples == 0:
         return None
-    if len(rows) > 1:
+    if result.ntuples > 1:
         from sqlalchemy.exc import MultipleResultsFound
 
         raise MultipleResultsFound("Multiple rows were found when one or none was required")
-    return tuple(v if f is None or v is None else f(v) for f, v in zip(processors, rows[0], strict=True))
+    loader = Transformer(raw)
+    loader.set_pgresult(result)
+    row = loader.load_row(0, tuple)
+    return tuple(v if f is None or v is None else f(v) for f, v in zip(processors, row, strict=True))
 
 
-_PG_SELECT: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
+def _check(result: Any, pgconn: Any, invalidate: Callable[[], None]) -> None:
+    """Raise what psycopg would for a failed libpq result; a lost connection is invalidated first."""
+    import psycopg
+    from psycopg import pq
+
+    if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+        return
+    message = (result.error_message or pgconn.error_message).decode("utf-8", "replace").strip()
+    if pgconn.status != pq.ConnStatus.OK:
+        invalidate()  # the pool must not hand out a broken connection again
+        raise psycopg.OperationalError(message or "the connection to the database was lost")
+    sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
+    raise psycopg.errors.lookup(sqlstate)(message) if sqlstate else psycopg.DatabaseError(message)
+
+
+_PREPARED: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
+"""The statements ``_pg_fetch_one`` has prepared on each psycopg connection."""
+
+
+_PG_SELECT: dict[tuple[Any, ...], tuple[bytes, bytes, tuple[Any, ...]]] = {}
 
 
 def _pg_sql(stmt: Any, dialect: Any, keys: tuple[str, ...]) -> str:

@@ -415,3 +415,16 @@ def test_a_single_batch_write_in_a_request_commits_on_the_lean_connection(app):
             db.execute_batch(s, [(insert(TokenIndex.__table__), _rows(1, "r9"))])
         assert not s.in_transaction()
     assert _count(app) == 3
+
+
+def test_the_read_by_id_prepares_again_when_its_statement_is_gone(app):
+    """A pooler or a DISCARD may drop prepared statements behind the connection's back: the read prepares
+    its statement again instead of failing."""
+    _pg_only(app)
+    _stored(app, "p6")
+    with app.app_context(), db.engine().connect() as conn:
+        assert db.fetch_one(conn, _READ_CURRENT, {"t": "Patient", "i": "p6"}) is not None
+        conn.exec_driver_sql("DEALLOCATE ALL")
+        conn.commit()
+        row = db.fetch_one(conn, _READ_CURRENT, {"t": "Patient", "i": "p6"})
+        assert row is not None and row[1] == "p6"
