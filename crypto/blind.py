@@ -31,18 +31,23 @@ def _int(digest: bytes) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+@lru_cache(maxsize=4096)
+def _keyed(key: bytes) -> hashlib._Hash:
+    """BLAKE2b with ``key`` already absorbed: copying it skips the key block every hash would compress."""
+    return hashlib.blake2b(key=key, digest_size=DIGEST_BYTES, person=_PERSON)
+
+
 def blind_hash(key: bytes, kind: str, value: str) -> int:
     """The keyed hash of ``value`` in the namespace ``kind`` (prefix, exact, token form, date bucket)."""
-    return _int(
-        hashlib.blake2b(
-            f"{kind}\x00{value}".encode(), key=key, digest_size=DIGEST_BYTES, person=_PERSON
-        ).digest()
-    )
+    h = _keyed(key).copy()
+    h.update(f"{kind}\x00{value}".encode())
+    return _int(h.digest())
 
 
 def prefix_hashes(key: bytes, kind: str, value: str) -> list[int]:
     """``blind_hash(key, kind, value[:n])`` for n = 1 .. len(value), sharing the hashing work."""
-    h = hashlib.blake2b(f"{kind}\x00".encode(), key=key, digest_size=DIGEST_BYTES, person=_PERSON)
+    h = _keyed(key).copy()
+    h.update(f"{kind}\x00".encode())
     out = []
     for ch in value:
         h.update(ch.encode())

@@ -383,15 +383,16 @@ def _execute_as_text(
         if not rows:
             continue
         keys = tuple(rows[0])
-        values = []
+        tuples: list[str] = []  # each row's quoted values, as "(v1,v2,...)"
         for row in rows:
-            if tuple(row) != keys:
+            if len(row) != len(keys) or tuple(row) != keys:
                 return False
-            quoted = {k: _literal(v, escape, encoding) for k, v in row.items()}
-            if None in quoted.values():
+            quoted = [_literal(v, escape, encoding) for v in row.values()]
+            if None in quoted:
                 return False
-            values.append(quoted)
-            size += sum(map(len, quoted.values()))  # type: ignore[arg-type]
+            line = "(" + ",".join(quoted) + ")"  # type: ignore[arg-type]
+            size += len(line)
+            tuples.append(line)
         if size > _TEXT_LIMIT:
             return False
         plain = _PG_SQL.get(("values", stmt, keys))
@@ -399,10 +400,10 @@ def _execute_as_text(
             plain = _plain_insert(stmt, dialect, keys) if isinstance(stmt, Insert) else ""
             _PG_SQL[("values", stmt, keys)] = plain
         if plain:  # one INSERT ... VALUES (...), (...) for all the rows
-            parts.append(plain + ",".join("(" + ",".join(v.values()) + ")" for v in values))  # type: ignore[arg-type]
+            parts.append(plain + ",".join(tuples))
         else:  # an UPDATE, a DELETE, an INSERT ... SELECT: its own placeholders, one statement per row
             sql = _pg_sql(stmt, dialect, keys)
-            parts += [sql % v for v in values]
+            parts += [sql % {k: _literal(v, escape, encoding) for k, v in row.items()} for row in rows]
     if commit:
         parts.append("COMMIT")
     if not parts:

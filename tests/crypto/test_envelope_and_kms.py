@@ -288,6 +288,28 @@ def test_blind_hash_is_keyed_per_parameter() -> None:
     assert all(-(2**63) <= h < 2**63 for h in others)
 
 
+def test_blind_hashes_are_keyed_blake2b_of_kind_and_value_as_stored_indexes_expect() -> None:
+    """The definition every stored index was written with (computed here without the shortcuts: one keyed
+    BLAKE2b per value; prefixes one hash each)."""
+    import hashlib
+
+    from crypto.blind import prefix_hashes
+
+    key = parameter_key(b"r" * 32, "Patient", "name")
+
+    def reference(kind: str, value: str) -> int:
+        digest = hashlib.blake2b(
+            f"{kind}\x00{value}".encode(), key=key, digest_size=8, person=b"fhir-blind-v1"
+        )
+        return int.from_bytes(digest.digest(), "big", signed=True)
+
+    for value in ("", "a", "chalmers", "ünï 😀", "x" * 300):
+        assert blind_hash(key, "exact", value) == reference("exact", value)
+        assert prefix_hashes(key, "prefix", value) == [
+            reference("prefix", value[:n]) for n in range(1, len(value) + 1)
+        ]
+
+
 # -- Vault Transit (fake) ------------------------------------------------------------------------------------
 VAULT = "http://vault.test:8200"
 TOKEN = "s.test-token"
