@@ -6,6 +6,7 @@ import math
 import queue
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -115,7 +116,11 @@ _NEVER_AUTOMATICALLY = 2**62  # executions of one statement before psycopg prepa
 
 def init_app(app: Flask) -> None:
     engine = make_engine(app.config["DATABASE_URL"], app.config)
-    app.extensions["fhir_db"] = {"engine": engine, "sessions": sessionmaker(engine, expire_on_commit=False)}
+    app.extensions["fhir_db"] = {
+        "engine": engine,
+        "sessions": sessionmaker(engine, expire_on_commit=False),
+        "lean": _HeldConnections(engine, float(app.config.get("DB_POOL_RECYCLE", 1800))),
+    }
 
     @app.teardown_appcontext
     def _close(_exc: BaseException | None) -> None:
@@ -124,7 +129,7 @@ def init_app(app: Flask) -> None:
             session.close()  # (one that never began holds nothing: a read served on the lean connection)
         lean = g.pop(_LEAN, None)
         if lean is not None:
-            _release_lean(lean)
+            current_app.extensions["fhir_db"]["lean"].release(lean)
 
 
 def dispose(app: Flask) -> None:
@@ -154,43 +159,90 @@ _LEAN = "db_lean"
 
 
 def lean_connection(s: Session) -> Any | None:
-    """PostgreSQL: the request's own pooled psycopg connection in autocommit, for the work of a request
+    """PostgreSQL: the serving thread's own psycopg connection in autocommit, for the work of a request
     whose Session (``s``) has begun no transaction: the read by id (one statement, which needs no BEGIN of
-    its own) and the audit record of a request that only read (``BEGIN ... COMMIT`` in one query). On the
-    hottest path of the server this saves a round trip and ~250 us of CPU per request: the Session's and
-    Connection's begin, commit and close machinery. None on SQLite, outside a request, for any other
-    session, and once ``s`` has begun a transaction (what follows must run in it). Under PostgreSQL's READ
-    COMMITTED each statement sees its own snapshot either way, so a read here sees what it would in the
-    Session. Returned to the pool at the end of the request."""
+    its own), the audit record of a request that only read, and a write that is one batch (``BEGIN ...
+    COMMIT`` in one query). On the hottest paths of the server this saves a round trip and ~250 us of CPU
+    per request: the Session's and Connection's begin, commit and close machinery, and the pool's checkout
+    and return. None on SQLite, outside a request, for any other session, and once ``s`` has begun a
+    transaction (what follows must run in it). Under PostgreSQL's READ COMMITTED each statement sees its
+    own snapshot either way, so a read here sees what it would in the Session."""
     if not has_request_context() or g.get("db_session") is not s or s.in_transaction():
         return None
     lean = g.get(_LEAN)
     if lean is None:
-        e = engine()
-        if e.dialect.name != "postgresql":
+        state = current_app.extensions["fhir_db"]
+        if state["engine"].dialect.name != "postgresql":
             return None
-        lean = e.raw_connection()
-        try:
-            lean.driver_connection.autocommit = True
-        except BaseException:
-            lean.close()
-            raise
+        lean = state["lean"].get()
         g.setdefault(_LEAN, lean)
     return lean
 
 
-def _release_lean(lean: Any) -> None:
-    """Back to the pool as the pool hands connections out: idle, not in autocommit; else discarded."""
-    try:
-        raw = lean.driver_connection
-        if raw is not None and not raw.closed:
+class _HeldConnections:
+    """Each serving thread's lean connection, kept checked out of the pool from one request to the next (a
+    checkout and return cost ~40 us of every request), in autocommit. A broken one, or one older than the
+    pool's recycle time, is replaced; all are closed when the engine's pool is disposed. They count among
+    the pool's checked-out connections (at most one per serving thread)."""
+
+    def __init__(self, engine: Engine, recycle: float) -> None:
+        self.engine = engine
+        self.recycle = recycle if recycle > 0 else math.inf
+        self.local = threading.local()
+        self.held: set[Any] = set()
+        self.lock = threading.Lock()
+        on_dispose(engine, self.close_all)
+
+    def get(self) -> Any:
+        from psycopg import pq
+
+        lean = getattr(self.local, "conn", None)
+        if lean is not None:
+            raw = lean.driver_connection
+            stale = time.monotonic() - self.local.since > self.recycle
+            if stale or raw is None or raw.closed or raw.pgconn.status != pq.ConnStatus.OK:
+                self._drop(lean)
+                lean = None
+        if lean is None:
+            lean = self.engine.raw_connection()
+            try:
+                lean.driver_connection.autocommit = True
+            except BaseException:
+                lean.close()
+                raise
+            self.local.conn, self.local.since = lean, time.monotonic()
+            with self.lock:
+                self.held.add(lean)
+        return lean
+
+    def release(self, lean: Any) -> None:
+        """At the end of a request: idle again (a failed statement's transaction rolled back), else
+        dropped."""
+        try:
+            raw = lean.driver_connection
             if raw.pgconn.transaction_status != _idle():
-                raw.rollback()  # a failed statement left a transaction open
-            raw.autocommit = False
-    except Exception:
-        lean.invalidate()
-    finally:
-        lean.close()
+                raw.rollback()
+        except Exception:
+            self._drop(lean)
+
+    def _drop(self, lean: Any) -> None:
+        if getattr(self.local, "conn", None) is lean:
+            self.local.conn = None
+        with self.lock:
+            self.held.discard(lean)
+        with suppress(Exception):
+            lean.invalidate()  # closes the driver connection
+        with suppress(Exception):
+            lean.close()  # and hands the (invalidated) slot back to its pool
+
+    def close_all(self) -> None:
+        with self.lock:
+            held, self.held = list(self.held), set()
+        for lean in held:
+            with suppress(Exception):
+                lean.invalidate()
+            with suppress(Exception):
+                lean.close()
 
 
 @contextmanager

@@ -325,9 +325,10 @@ def test_a_string_literal_is_what_libpq_quotes(app, value):
 
 
 def test_a_request_that_only_reads_does_so_without_the_session(app):
-    """The read by id and the record committed after it run on one pooled connection in autocommit: the
-    Session never begins, the batch commits as a transaction of its own, and the connection goes back to
-    the pool as the pool hands connections out (not in autocommit, idle)."""
+    """The read by id and the record committed after it run on the serving thread's own connection in
+    autocommit: the Session never begins and the batch commits as a transaction of its own. The connection
+    stays with the thread for its next request (no pool checkout per request), idle; the pool's other
+    connections are handed out as usual (not in autocommit); disposing of the engine closes it."""
     _pg_only(app)
     _stored(app, "p3")
     link = [{"event_id": "ev-lean", "kind": "patient", "ref": "Patient/p3", "recorded": AT}]
@@ -341,10 +342,33 @@ def test_a_request_that_only_reads_does_so_without_the_session(app):
         assert not s.in_transaction()
         pool = db.engine().pool
         assert pool.checkedout() == 1
-    assert pool.checkedout() == 0  # returned at teardown
+    assert pool.checkedout() == 1  # kept by this thread
     assert _links(app, "ev-lean") == [("Patient/p3", AT)]
-    with app.app_context(), db.engine().connect() as conn:
-        assert conn.connection.dbapi_connection.autocommit is False
+    with app.test_request_context("/fhir/R4/Patient/p3"):
+        again = db.lean_connection(db.session())
+        assert again is lean and again.driver_connection.pgconn.transaction_status == 0  # idle
+        with db.engine().connect() as conn:
+            assert conn.connection.dbapi_connection.autocommit is False
+    raw = lean.driver_connection
+    app.extensions["fhir_db"]["engine"].dispose()
+    assert raw.closed
+
+
+def test_a_broken_lean_connection_is_replaced(app):
+    _pg_only(app)
+    with app.test_request_context("/fhir/R4/Patient/x"):
+        first = db.lean_connection(db.session())
+        pid = first.driver_connection.info.backend_pid
+    with app.app_context(), db.engine().connect() as other:
+        other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+    with app.test_request_context("/fhir/R4/Patient/x"):
+        s = db.session()
+        with pytest.raises(psycopg.OperationalError):
+            db.fetch_one(s, _READ_CURRENT, {"t": "Patient", "i": "x"})
+    with app.test_request_context("/fhir/R4/Patient/x"):
+        s = db.session()
+        assert db.fetch_one(s, _READ_CURRENT, {"t": "Patient", "i": "x"}) is None  # a new connection
+        assert db.lean_connection(s).driver_connection.info.backend_pid != pid
 
 
 def test_once_the_session_has_begun_its_transaction_reads_and_records_stay_in_it(app):
