@@ -210,18 +210,31 @@ class _HeldConnections:
             except BaseException:
                 lean.close()
                 raise
-            self.local.conn, self.local.since = lean, time.monotonic()
             with self.lock:
-                self.held.add(lean)
+                keep = len(self.held) < self.limit
+                if keep:
+                    self.held.add(lean)
+            if keep:
+                self.local.conn, self.local.since = lean, time.monotonic()
         return lean
+
+    @property
+    def limit(self) -> int:
+        """Held connections at most: the pool's size (more serving threads than that borrow theirs per
+        request, so the Session's work always finds connections left in the pool)."""
+        size = getattr(self.engine.pool, "size", None)
+        return int(size()) if callable(size) else 0
 
     def release(self, lean: Any) -> None:
         """At the end of a request: idle again (a failed statement's transaction rolled back), else
-        dropped."""
+        dropped; one this thread does not keep goes back to the pool as the pool hands them out."""
         try:
             raw = lean.driver_connection
             if raw.pgconn.transaction_status != _idle():
                 raw.rollback()
+            if getattr(self.local, "conn", None) is not lean:
+                raw.autocommit = False
+                lean.close()
         except Exception:
             self._drop(lean)
 

@@ -452,3 +452,33 @@ def test_the_read_by_id_prepares_again_when_its_statement_is_gone(app):
         conn.commit()
         row = db.fetch_one(conn, _READ_CURRENT, {"t": "Patient", "i": "p6"})
         assert row is not None and row[1] == "p6"
+
+
+def test_threads_beyond_the_pool_size_borrow_their_lean_connection_per_request(app):
+    """At most the pool's size is kept by threads; a thread beyond that returns its connection to the pool
+    at the end of each request, out of autocommit, so the Session's work never starves."""
+    _pg_only(app)
+    held = app.extensions["fhir_db"]["lean"]
+    pool = app.extensions["fhir_db"]["engine"].pool
+    size = pool.size()
+    results: list[tuple[bool, int]] = []
+    ready, go = threading.Barrier(size + 2), threading.Event()  # the threads and this one
+
+    def serve() -> None:
+        with app.test_request_context("/fhir/R4/Patient/x"):
+            lean = db.lean_connection(db.session())
+            ready.wait()
+            go.wait()
+        results.append((getattr(held.local, "conn", None) is lean, pool.checkedout()))
+
+    threads = [threading.Thread(target=serve) for _ in range(size + 1)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    assert pool.checkedout() == size + 1
+    go.set()
+    for t in threads:
+        t.join()
+    assert sorted(kept for kept, _ in results) == [False] + [True] * size
+    assert pool.checkedout() == size  # the one beyond the limit went back
+    assert len(held.held) == size
