@@ -20,9 +20,11 @@ import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
+from typing import Any
 
 from flask import Flask
-from sqlalchemy import Connection, Engine, insert, literal, select, text, tuple_
+from sqlalchemy import BigInteger, Connection, Engine, bindparam, insert, select, text, tuple_
 
 from audit import signing
 from audit.models import AuditRow, ChainLink, Checkpoint
@@ -54,31 +56,46 @@ class Head:
     txid: int | None
 
 
+_HEAD = text("SELECT seq, hash, pos, txid FROM audit_chain ORDER BY seq DESC LIMIT 1")
+_HORIZON = text("SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")
+_LOCK = text("SELECT pg_try_advisory_xact_lock(:k)")
+
+
 def head(conn: Connection) -> Head:
-    row = conn.execute(text("SELECT seq, hash, pos, txid FROM audit_chain ORDER BY seq DESC LIMIT 1")).first()
+    row = conn.execute(_HEAD).first()
     return Head(*row) if row else Head(0, GENESIS, 0, None)
 
 
 def _pending(conn: Connection, h: Head, limit: int) -> list[tuple[int, int | None, datetime, str]]:
+    if conn.dialect.name == "postgresql":
+        horizon = conn.execute(_HORIZON).scalar()
+        last = h.txid if h.txid is not None else -1
+        params = {"horizon": horizon, "last": last, "pos": h.pos}
+        return [tuple(r) for r in conn.execute(_pending_statement(True, limit), params)]  # type: ignore[misc]
+    return [tuple(r) for r in conn.execute(_pending_statement(False, limit), {"pos": h.pos})]  # type: ignore[misc]
+
+
+@cache
+def _pending_statement(postgresql: bool, limit: int) -> Any:
+    """The next events to chain, built once per backend and batch size (every process runs this every
+    second)."""
     e = AuditRow.__table__.c
     stmt = select(e.pos, e.txid, e.recorded, e.body)
-    if conn.dialect.name == "postgresql":
-        horizon = conn.execute(
-            text("SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")
-        ).scalar()
-        last = h.txid if h.txid is not None else -1
+    if postgresql:
         # a row comparison, so the (txid, pos) index seeks to the resume point instead of filtering
-        resume = tuple_(e.txid, e.pos) > tuple_(literal(last), literal(h.pos))
-        stmt = stmt.where(e.txid < horizon, resume).order_by(e.txid, e.pos)
+        resume = tuple_(e.txid, e.pos) > tuple_(
+            bindparam("last", type_=BigInteger), bindparam("pos", type_=BigInteger)
+        )
+        stmt = stmt.where(e.txid < bindparam("horizon", type_=BigInteger), resume).order_by(e.txid, e.pos)
     else:
-        stmt = stmt.where(e.pos > h.pos).order_by(e.pos)
-    return [tuple(r) for r in conn.execute(stmt.limit(limit))]  # type: ignore[misc]
+        stmt = stmt.where(e.pos > bindparam("pos", type_=BigInteger)).order_by(e.pos)
+    return stmt.limit(limit)
 
 
 def _lock(conn: Connection) -> bool:
     if conn.dialect.name != "postgresql":
         return True  # BEGIN IMMEDIATE already holds SQLite's one write lock
-    return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": LOCK_KEY}).scalar())
+    return bool(conn.execute(_LOCK, {"k": LOCK_KEY}).scalar())
 
 
 def extend(engine: Engine, *, limit: int = BATCH, key: signing.OKPKey | None = None, every: float = 0) -> int:

@@ -14,7 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from flask import Flask, current_app, g, has_request_context
+from psycopg import pq
+from psycopg.adapt import Transformer
 from sqlalchemy import Connection, DateTime, Engine, Insert, create_engine, event, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -194,7 +197,6 @@ class _HeldConnections:
         on_dispose(engine, self.close_all)
 
     def get(self) -> Any:
-        from psycopg import pq
 
         lean = getattr(self.local, "conn", None)
         if lean is not None:
@@ -391,7 +393,6 @@ def execute_batch(s: Session, batch: Batch) -> None:
     begin = raw.pgconn.transaction_status == _idle() and not raw.autocommit  # as psycopg itself would
     if _execute_as_text(raw, conn.dialect, conn.invalidate, batch, begin=begin, commit=bool(commit)):
         return
-    import psycopg
 
     try:
         with raw.pipeline(), raw.cursor() as cur:  # type: ignore[union-attr]
@@ -422,7 +423,6 @@ _TEXT_LIMIT = 64 * 1024  # characters of quoted values above which the pipeline 
 
 
 def _idle() -> Any:
-    from psycopg import pq
 
     return pq.TransactionStatus.IDLE
 
@@ -437,11 +437,9 @@ def _execute_as_text(
     INSERTs become one ``VALUES`` list each. Returns False, having sent nothing, when a value is not a plain
     str/int/float/bool/None/aware datetime/list of ints, or the text would be large; ``execute_batch`` then
     uses the pipeline."""
-    import psycopg
-    from psycopg import pq
 
     escape = pq.Escaping(raw.pgconn)
-    encoding = raw.info.encoding
+    encoding = _encoding(raw)
     parts: list[str] = []
     size = 0
     for stmt, rows in batch:
@@ -482,7 +480,7 @@ def _execute_as_text(
         result = pgconn.exec_(";".join(parts).encode(encoding))
     finally:
         pgconn.nonblocking = nonblocking
-    if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+    if result.status in _OK:
         return True
     sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
     message = (result.error_message or pgconn.error_message).decode(encoding, "replace").strip()
@@ -588,13 +586,12 @@ def _pg_fetch_one(
     """Through libpq itself: a statement prepared once per connection (``PQexecPrepared``, text parameters),
     its row loaded by psycopg's own loaders. psycopg's cursor (its query conversion and prepared-statement
     bookkeeping on every call) cost more than the round trip's client work. Parameters must be strings."""
-    from psycopg import pq
-    from psycopg.adapt import Transformer
 
     keys = tuple(params)
     compiled = _PG_SELECT.get((stmt, keys))
     if compiled is None:
-        processors = tuple(c.type.result_processor(dialect, None) for c in stmt.selected_columns)
+        each = (c.type.result_processor(dialect, None) for c in stmt.selected_columns)
+        processors = tuple((i, f) for i, f in enumerate(each) if f is not None)
         numbered = _pg_sql(stmt, dialect, keys)
         for n, key in enumerate(keys, 1):
             numbered = numbered.replace(f"%({key})s", f"${n}")
@@ -602,8 +599,7 @@ def _pg_fetch_one(
         compiled = (name, numbered.replace("%%", "%").encode(), processors)
         _PG_SELECT[(stmt, keys)] = compiled
     name, sql, processors = compiled
-    encoding = raw.info.encoding
-    values = [params[k].encode(encoding) for k in keys]
+    values = [params[k].encode(_encoding(raw)) for k in keys]
     pgconn = raw.pgconn
     prepared = _PREPARED.setdefault(raw, set())
     nonblocking = pgconn.nonblocking
@@ -630,15 +626,19 @@ def _pg_fetch_one(
     loader = Transformer(raw)
     loader.set_pgresult(result)
     row = loader.load_row(0, tuple)
-    return tuple(v if f is None or v is None else f(v) for f, v in zip(processors, row, strict=True))
+    if not processors:
+        return row  # type: ignore[no-any-return]
+    values = list(row)
+    for i, process in processors:
+        if values[i] is not None:
+            values[i] = process(values[i])
+    return tuple(values)
 
 
 def _check(result: Any, pgconn: Any, invalidate: Callable[[], None]) -> None:
     """Raise what psycopg would for a failed libpq result; a lost connection is invalidated first."""
-    import psycopg
-    from psycopg import pq
 
-    if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+    if result.status in _OK:
         return
     message = (result.error_message or pgconn.error_message).decode("utf-8", "replace").strip()
     if pgconn.status != pq.ConnStatus.OK:
@@ -650,6 +650,16 @@ def _check(result: Any, pgconn: Any, invalidate: Callable[[], None]) -> None:
 
 _PREPARED: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
 """The statements ``_pg_fetch_one`` has prepared on each psycopg connection."""
+_ENCODINGS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_OK = (int(pq.ExecStatus.COMMAND_OK), int(pq.ExecStatus.TUPLES_OK))
+
+
+def _encoding(raw: Any) -> str:
+    """The connection's client encoding as a Python codec name (asked of libpq once per connection)."""
+    found = _ENCODINGS.get(raw)
+    if found is None:
+        found = _ENCODINGS[raw] = raw.info.encoding
+    return found
 
 
 _PG_SELECT: dict[tuple[Any, ...], tuple[bytes, bytes, tuple[Any, ...]]] = {}

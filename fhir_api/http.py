@@ -124,9 +124,10 @@ def fhir_response(
             payload = dumps(simplejson.loads(body, use_decimal=True), pretty=True)
     else:
         payload = dumps(body, pretty=wants_pretty())
-    resp = Response(payload, status=status, mimetype=mimetype if body is not None else None)
-    if body is not None:
-        resp.headers["Content-Type"] = f"{mimetype}; charset=utf-8"
+    if body is None:
+        resp = Response(payload, status=status, mimetype=None)
+    else:
+        resp = Response(payload, status=status, content_type=f"{mimetype}; charset=utf-8")
     for key, value in (headers or {}).items():
         resp.headers[key] = value
     return resp
