@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import sqlite3
@@ -197,7 +198,6 @@ class _HeldConnections:
         on_dispose(engine, self.close_all)
 
     def get(self) -> Any:
-
         lean = getattr(self.local, "conn", None)
         if lean is not None:
             raw = lean.driver_connection
@@ -232,7 +232,7 @@ class _HeldConnections:
         dropped; one this thread does not keep goes back to the pool as the pool hands them out."""
         try:
             raw = lean.driver_connection
-            if raw.pgconn.transaction_status != _idle():
+            if raw.pgconn.transaction_status != _IDLE:
                 raw.rollback()
             if getattr(self.local, "conn", None) is not lean:
                 raw.autocommit = False
@@ -390,7 +390,7 @@ def execute_batch(s: Session, batch: Batch) -> None:
                 conn.execute(stmt, rows)
         return
     raw = conn.connection.dbapi_connection
-    begin = raw.pgconn.transaction_status == _idle() and not raw.autocommit  # as psycopg itself would
+    begin = raw.pgconn.transaction_status == _IDLE and not raw.autocommit  # as psycopg itself would
     if _execute_as_text(raw, conn.dialect, conn.invalidate, batch, begin=begin, commit=bool(commit)):
         return
 
@@ -419,12 +419,8 @@ def execute_batch(s: Session, batch: Batch) -> None:
 
 
 _PG_SQL: dict[tuple[Any, ...], str] = {}
+_IDLE = pq.TransactionStatus.IDLE
 _TEXT_LIMIT = 64 * 1024  # characters of quoted values above which the pipeline (bound parameters) is used
-
-
-def _idle() -> Any:
-
-    return pq.TransactionStatus.IDLE
 
 
 def _execute_as_text(
@@ -437,7 +433,6 @@ def _execute_as_text(
     INSERTs become one ``VALUES`` list each. Returns False, having sent nothing, when a value is not a plain
     str/int/float/bool/None/aware datetime/list of ints, or the text would be large; ``execute_batch`` then
     uses the pipeline."""
-
     escape = pq.Escaping(raw.pgconn)
     encoding = _encoding(raw)
     parts: list[str] = []
@@ -480,19 +475,13 @@ def _execute_as_text(
         result = pgconn.exec_(";".join(parts).encode(encoding))
     finally:
         pgconn.nonblocking = nonblocking
-    if result.status in _OK:
-        return True
-    sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
-    message = (result.error_message or pgconn.error_message).decode(encoding, "replace").strip()
-    if pgconn.status != pq.ConnStatus.OK:
-        invalidate()  # the pool must not hand out a broken connection again
-        raise psycopg.OperationalError(message or "the connection to the database was lost")
-    error = psycopg.errors.lookup(sqlstate)(message) if sqlstate else psycopg.DatabaseError(message)
-    if isinstance(error, psycopg.errors.IntegrityError):
+    try:
+        _check(result, pgconn, invalidate)
+    except psycopg.errors.IntegrityError as error:
         from sqlalchemy.exc import IntegrityError
 
-        raise IntegrityError(message, None, error)
-    raise error
+        raise IntegrityError(str(error), None, error) from None
+    return True
 
 
 def _plain_insert(stmt: Insert, dialect: Any, keys: tuple[str, ...]) -> str:
@@ -519,8 +508,6 @@ def _literal(value: Any, escape: Any, encoding: str) -> str | None:
     if isinstance(value, str):
         if "\x00" in value:
             return None  # a C string would end there: the pipeline refuses it as PostgreSQL does
-        if "'" not in value and "\\" not in value:
-            return "'" + value + "'"  # what PQescapeLiteral returns for it, without the round of copies
         return escape.escape_literal(value.encode(encoding)).decode(encoding)  # type: ignore[no-any-return]
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
@@ -586,7 +573,6 @@ def _pg_fetch_one(
     """Through libpq itself: a statement prepared once per connection (``PQexecPrepared``, text parameters),
     its row loaded by psycopg's own loaders. psycopg's cursor (its query conversion and prepared-statement
     bookkeeping on every call) cost more than the round trip's client work. Parameters must be strings."""
-
     keys = tuple(params)
     compiled = _PG_SELECT.get((stmt, keys))
     if compiled is None:
@@ -595,7 +581,7 @@ def _pg_fetch_one(
         numbered = _pg_sql(stmt, dialect, keys)
         for n, key in enumerate(keys, 1):
             numbered = numbered.replace(f"%({key})s", f"${n}")
-        name = f"fhir_{len(_PG_SELECT)}".encode()
+        name = f"fhir_{next(_STATEMENT_NUMBERS)}".encode()
         compiled = (name, numbered.replace("%%", "%").encode(), processors)
         _PG_SELECT[(stmt, keys)] = compiled
     name, sql, processors = compiled
@@ -605,16 +591,17 @@ def _pg_fetch_one(
     nonblocking = pgconn.nonblocking
     pgconn.nonblocking = 0  # the calls below block (with the GIL released) until the server answers
     try:
-        for _attempt in (1, 2):
+        for attempt in (1, 2):
             if name not in prepared:
                 _check(pgconn.prepare(name, sql), pgconn, invalidate)
                 prepared.add(name)
             result = pgconn.exec_prepared(name, values)
-            if result.error_field(pq.DiagnosticField.SQLSTATE) == b"26000":  # gone (DISCARD, a pooler)
+            gone = result.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"  # DISCARD, a pooler
+            if gone:
                 prepared.discard(name)
-                continue
-            _check(result, pgconn, invalidate)
-            break
+            if not gone or attempt == 2:
+                _check(result, pgconn, invalidate)
+                break
     finally:
         pgconn.nonblocking = nonblocking
     if result.ntuples == 0:
@@ -637,7 +624,6 @@ def _pg_fetch_one(
 
 def _check(result: Any, pgconn: Any, invalidate: Callable[[], None]) -> None:
     """Raise what psycopg would for a failed libpq result; a lost connection is invalidated first."""
-
     if result.status in _OK:
         return
     message = (result.error_message or pgconn.error_message).decode("utf-8", "replace").strip()
@@ -663,6 +649,7 @@ def _encoding(raw: Any) -> str:
 
 
 _PG_SELECT: dict[tuple[Any, ...], tuple[bytes, bytes, tuple[Any, ...]]] = {}
+_STATEMENT_NUMBERS = itertools.count()  # names of the statements _pg_fetch_one prepares
 
 
 def _pg_sql(stmt: Any, dialect: Any, keys: tuple[str, ...]) -> str:
