@@ -475,12 +475,13 @@ def _execute_as_text(
             tuples.append(line)
         if size > _TEXT_LIMIT:
             return False
-        if len(rows) == 1:
-            named = _executable(stmt, dialect, keys)
+        if len(rows) <= _PREPARED_ROWS:
+            named = _executable(stmt, dialect, keys, len(rows))
             if named is not None and (
-                named[0] in prepared or (idle and _prepare(raw, stmt, keys, named, prepared, invalidate))
+                named[0] in prepared or (idle and _prepare(raw, named, prepared, invalidate))
             ):
-                parts.append(named[2] + tuples[0])
+                args = tuples[0] if len(tuples) == 1 else "(" + ",".join(t[1:-1] for t in tuples) + ")"
+                parts.append(named[2] + args)
                 continue
         plain = _PG_SQL.get(("values", stmt, keys))
         if plain is None:
@@ -519,31 +520,33 @@ def _execute_as_text(
     return True
 
 
-def _executable(stmt: Any, dialect: Any, keys: tuple[str, ...]) -> tuple[bytes, bytes, str] | None:
-    """(name, SQL with $n parameters, ``EXECUTE name``) for a DML statement run with one row, or None.
+def _executable(stmt: Any, dialect: Any, keys: tuple[str, ...], rows: int) -> _Executable | None:
+    """(name, SQL with $n parameters, ``EXECUTE name``, cache key) for a DML statement run with one row, or
+    a plain INSERT with a few, or None.
 
     PostgreSQL parses, analyses and plans every statement of a simple query; a prepared statement's plan is
-    kept. For a resource version, its audit event and link and its change-feed row, that is about a third
-    of the server's CPU per create (~110 of ~350 us measured here), and most of a read's audit record."""
-    cache_key = (stmt, keys)
+    kept. For a resource version with its index rows, audit event and link and change-feed row, that is
+    about a third of the server's CPU per create (~140 of ~480 us measured here), and most of a read's
+    audit record. Each row count of an INSERT is a statement of its own, hence the cap on rows."""
+    cache_key = (stmt, keys, rows)
     found = _EXECUTABLE.get(cache_key, _UNSEEN)
     if found is _UNSEEN:
+        sql = None
+        if rows == 1 and keys and isinstance(stmt, Insert | Update | Delete):
+            sql = _numbered(stmt, dialect, keys)
+        elif rows > 1 and isinstance(stmt, Insert) and _plain_insert(stmt, dialect, keys):
+            width = len(keys)
+            values = (",".join(f"${r * width + c}" for c in range(1, width + 1)) for r in range(rows))
+            sql = (_plain_insert(stmt, dialect, keys) + ",".join(f"({v})" for v in values)).encode()
         found = None
-        if keys and isinstance(stmt, Insert | Update | Delete):
+        if sql is not None:
             name = f"fhir_{next(_STATEMENT_NUMBERS)}"
-            found = (name.encode(), _numbered(stmt, dialect, keys), f"EXECUTE {name}")
+            found = (name.encode(), sql, f"EXECUTE {name}", cache_key)
         _EXECUTABLE[cache_key] = found
     return found  # type: ignore[return-value]
 
 
-def _prepare(
-    raw: Any,
-    stmt: Any,
-    keys: tuple[str, ...],
-    named: tuple[bytes, bytes, str],
-    prepared: set[bytes],
-    invalidate: Callable[[], None],
-) -> bool:
+def _prepare(raw: Any, named: _Executable, prepared: set[bytes], invalidate: Callable[[], None]) -> bool:
     """Prepare ``named`` on an idle connection; a statement PostgreSQL cannot prepare (a parameter whose type
     it cannot infer) is never tried again and runs as text."""
     pgconn = raw.pgconn
@@ -558,7 +561,7 @@ def _prepare(
         return True
     if pgconn.status != pq.ConnStatus.OK:
         _check(result, pgconn, invalidate)  # raises: the connection is gone
-    _EXECUTABLE[(stmt, keys)] = None
+    _EXECUTABLE[named[3]] = None
     return False
 
 
@@ -724,7 +727,9 @@ def _encoding(raw: Any) -> str:
 
 
 _PG_SELECT: dict[tuple[Any, ...], tuple[bytes, bytes, tuple[Any, ...]]] = {}
-_EXECUTABLE: dict[tuple[Any, ...], tuple[bytes, bytes, str] | None] = {}
+_Executable = tuple[bytes, bytes, str, tuple[Any, ...]]
+_EXECUTABLE: dict[tuple[Any, ...], _Executable | None] = {}
+_PREPARED_ROWS = 16  # rows up to which an INSERT of a batch is prepared (one statement per row count)
 _UNSEEN = object()
 _STATEMENT_NUMBERS = itertools.count()  # names of the statements prepared on every connection
 _SQLSTATE = pq.DiagnosticField.SQLSTATE

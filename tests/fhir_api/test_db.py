@@ -486,3 +486,77 @@ def test_threads_beyond_the_pool_size_borrow_their_lean_connection_per_request(a
     assert sorted(kept for kept, _ in results) == [False] + [True] * size
     assert pool.checkedout() == size  # the one beyond the limit went back
     assert len(held.held) == size
+
+
+# -- batches as EXECUTE of statements prepared once per connection ------------------------------------------
+def _prepared_on(raw) -> list[str]:
+    with raw.cursor() as cur:
+        cur.execute("SELECT statement FROM pg_prepared_statements")
+        return [sql for (sql,) in cur.fetchall()]
+
+
+def test_a_batch_runs_its_statements_of_few_rows_as_prepared_ones(app):
+    """One-row statements and INSERTs of up to _PREPARED_ROWS rows run as EXECUTE of a statement prepared
+    on the connection; a bigger INSERT stays a VALUES list. Every row is written either way."""
+    _pg_only(app)
+    big = db._PREPARED_ROWS + 1
+    token = insert(TokenIndex.__table__)  # statements are built once, at import, as the app's are
+    batch = [
+        (token, _rows(3)),
+        (insert(AuditLink.__table__), _link_rows("ev-prepared", AT)[:1]),
+        (token, _rows(big, "big")),
+    ]
+    with app.test_request_context("/fhir/R4/Patient/x"):
+        s = db.session()
+        db.commit_batch(s, batch)
+        db.commit_batch(s, [(token, _rows(3, "r2"))])  # the same statement again: prepared once
+        prepared = _prepared_on(db.lean_connection(s).driver_connection)
+    inserts = [sql for sql in prepared if sql.startswith("INSERT")]
+    assert len([sql for sql in inserts if "search_token" in sql and sql.endswith("$15)")]) == 1
+    assert len([sql for sql in inserts if "audit_link" in sql]) == 1
+    assert not [sql for sql in inserts if f"${5 * big})" in sql]  # the big one went as text
+    assert _count(app) == 3 + big + 3
+    assert _links(app, "ev-prepared") == [(_AWKWARD[0], AT)]
+
+
+def test_a_batch_runs_again_when_the_connection_lost_its_prepared_statements(app):
+    """DISCARD ALL or a pooler may drop them: the batch, which wrote nothing, is prepared and run again."""
+    _pg_only(app)
+    with app.test_request_context("/fhir/R4/Patient/x"):
+        s = db.session()
+        db.commit_batch(s, [(insert(TokenIndex.__table__), _rows(2))])
+        raw = db.lean_connection(s).driver_connection
+        raw.execute("DEALLOCATE ALL")
+        db.commit_batch(s, [(insert(TokenIndex.__table__), _rows(2, "r2"))])
+        assert any("search_token" in sql for sql in _prepared_on(raw))
+    assert _count(app) == 4
+
+
+def test_a_statement_postgresql_cannot_prepare_runs_as_text(app, monkeypatch):
+    _pg_only(app)
+    stmt = insert(TokenIndex.__table__)  # a statement object of its own: nothing cached for it yet
+    real = db._numbered
+    monkeypatch.setattr(
+        db, "_numbered", lambda st, d, k: b"INSERT INTO nowhere" if st is stmt else real(st, d, k)
+    )
+    with app.test_request_context("/fhir/R4/Patient/x"):
+        db.commit_batch(db.session(), [(stmt, _rows(1))])
+        db.commit_batch(db.session(), [(stmt, _rows(1, "r2"))])
+    assert db._EXECUTABLE[(stmt, tuple(_rows(1)[0]), 1)] is None  # not tried again
+    assert _count(app) == 2
+
+
+def test_nothing_is_prepared_inside_a_transaction_in_progress(app):
+    """A PREPARE that failed there would abort the transaction: a statement not yet prepared on the
+    connection runs as text until the connection is idle."""
+    _pg_only(app)
+    stmt = insert(TokenIndex.__table__)
+    with app.app_context(), db.new_session() as s:
+        s.execute(select(func.count()).select_from(TokenIndex))  # the transaction has begun
+        raw = s.connection().connection.dbapi_connection
+        db.commit_batch(s, [(stmt, _rows(1))])
+        named = db._EXECUTABLE[(stmt, tuple(_rows(1)[0]), 1)]
+        assert named is not None and named[0] not in db._PREPARED.get(raw, set())
+        db.commit_batch(s, [(stmt, _rows(1, "r2"))])  # idle now: prepared and run
+        assert named[0] in db._PREPARED[raw]
+    assert _count(app) == 2
