@@ -11,6 +11,7 @@ from flask_compress import Compress
 from flask_smorest import Api
 
 from fhir_api import config as config_module
+from resources import model_speedups  # noqa: F401  (before anything builds a fhir.resources model)
 
 
 class FhirFlask(Flask):
