@@ -202,6 +202,22 @@ def _blind_hashes(
     return hashes_for_rows(param.type, rows, h)
 
 
+@cache
+def _unwritten(res_type: str, protected: frozenset[str], keyed: bool) -> frozenset[str]:
+    """Protected parameters whose rows would only be dropped, so are not extracted: the part parameters of
+    a HumanName or Address (``family``, ``address-city``: the owner's labelled rows answer them), the
+    identifier tokens of a protected reference, and all of them when there is no key to hash with."""
+    out = set()
+    for code, _, _ in extractors(res_type):
+        base = code.removesuffix(IDENTIFIER_SUFFIX)
+        if base not in protected:
+            continue
+        group = string_groups(res_type).get(code)
+        if code != base or not keyed or (group is not None and group[0] != code):
+            out.add(code)
+    return frozenset(out)
+
+
 def _blind_table_rows(
     res_type: str, res_id: str, blind: BlindContext, hashes: dict[str, set[int]]
 ) -> dict[type, Rows]:
@@ -237,7 +253,10 @@ def index_rows(
     parameter's values become blind-index rows only: no clear value reaches an index table."""
     out: dict[type, Rows] = {}
     hashes: dict[str, set[int]] = {}
+    unwritten = _unwritten(res_type, blind.protected, blind.root is not None) if blind is not None else ()
     for code, table, make_rows in extractors(res_type):
+        if code in unwritten:
+            continue
         try:
             rows = make_rows(resource, local_base)
         except Exception as exc:  # one odd element must not make the resource unwritable
