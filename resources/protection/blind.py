@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from crypto.blind import blind_hash, parameter_key, prefix_hashes
+from crypto.blind import KeyedHash, parameter_key
 from fhir_api.errors import BadRequest
 from resources.search.values import normalize_text
 
@@ -30,19 +30,7 @@ BLINDABLE_TYPES = frozenset({"string", "token", "date"})
 MIN_YEAR, MAX_YEAR = 1, 9999
 
 
-class Hasher:
-    """Keyed hashes for one parameter of one type under one root key."""
-
-    __slots__ = ("_key",)
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def __call__(self, kind: str, value: str) -> int:
-        return blind_hash(self._key, kind, value)
-
-    def prefixes(self, kind: str, value: str) -> list[int]:
-        return prefix_hashes(self._key, kind, value)
+Hasher = KeyedHash  # keyed hashes for one parameter of one type under one root key (``hasher``)
 
 
 def hasher(root: bytes, res_type: str, param: str) -> Hasher:

@@ -293,7 +293,7 @@ def test_blind_hashes_are_keyed_blake2b_of_kind_and_value_as_stored_indexes_expe
     BLAKE2b per value; prefixes one hash each)."""
     import hashlib
 
-    from crypto.blind import prefix_hashes
+    from crypto.blind import KeyedHash, prefix_hashes
 
     key = parameter_key(b"r" * 32, "Patient", "name")
 
@@ -303,11 +303,11 @@ def test_blind_hashes_are_keyed_blake2b_of_kind_and_value_as_stored_indexes_expe
         )
         return int.from_bytes(digest.digest(), "big", signed=True)
 
+    keyed = KeyedHash(key)  # what index writes use: the same hashes
     for value in ("", "a", "chalmers", "ünï 😀", "x" * 300):
-        assert blind_hash(key, "exact", value) == reference("exact", value)
-        assert prefix_hashes(key, "prefix", value) == [
-            reference("prefix", value[:n]) for n in range(1, len(value) + 1)
-        ]
+        assert blind_hash(key, "exact", value) == keyed("exact", value) == reference("exact", value)
+        prefixes = [reference("prefix", value[:n]) for n in range(1, len(value) + 1)]
+        assert prefix_hashes(key, "prefix", value) == keyed.prefixes("prefix", value) == prefixes
 
 
 # -- Vault Transit (fake) ------------------------------------------------------------------------------------
