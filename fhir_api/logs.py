@@ -24,6 +24,7 @@ _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asc
 _RULE_ARG = re.compile(r"<(?:[a-z_]+:)?([a-z_]+)>")
 _SHOWN_ARGS = ("res_type", "comp_type")  # resource types are not identifying; ids and names may be
 _ACCESS_LINE = "%s %s%s %s %sms request=%s client=%s"
+_FIELDS = "_fhir_fields"  # a record's own fields, when its maker names them (the access line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,9 +37,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+        fields = record.__dict__.get(_FIELDS)
+        if fields is not None:  # an access line: its fields are known, no need to sift the record's
+            out.update(fields)
+        else:
+            for key, value in vars(record).items():
+                if key not in _STANDARD and not key.startswith("_"):
+                    out[key] = value
         if record.exc_info:
             out["trace"] = self.formatException(record.exc_info)
         try:
@@ -67,16 +72,29 @@ def route() -> str:
     if rule is None:
         return "(no route)"
     args = request.view_args or {}
+    shown = tuple(args.get(name) for name in _SHOWN_ARGS)
+    key = (rule.rule, shown)
+    found = _ROUTES.get(key)
+    if found is None:
 
-    def fill(match: re.Match[str]) -> str:
-        name = match.group(1)
-        return str(args[name]) if name in _SHOWN_ARGS and name in args else "{" + name + "}"
+        def fill(match: re.Match[str]) -> str:
+            name = match.group(1)
+            return str(args[name]) if name in _SHOWN_ARGS and name in args else "{" + name + "}"
 
-    return _RULE_ARG.sub(fill, rule.rule)
+        found = _RULE_ARG.sub(fill, rule.rule)
+        if len(_ROUTES) < _ROUTES_KEPT:  # routes x resource types: a few thousand at most
+            _ROUTES[key] = found
+    return found
+
+
+_ROUTES: dict[tuple[str, tuple[Any, ...]], str] = {}
+_ROUTES_KEPT = 10_000
 
 
 def parameter_names() -> list[str]:
     """The query's parameter names (their values could be protected data, so none is logged)."""
+    if not request.query_string:
+        return []
     return list(dict.fromkeys(name for name, _ in request.args.items(multi=True)))
 
 
@@ -115,6 +133,7 @@ def log_request(resp: Response) -> None:
     record = access_log.makeRecord(
         access_log.name, logging.INFO, __file__, 0, _ACCESS_LINE, args, None, extra=fields
     )
+    record.__dict__[_FIELDS] = fields
     access_log.handle(record)
 
 

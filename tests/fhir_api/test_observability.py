@@ -182,3 +182,27 @@ def test_a_metrics_dir_made_by_the_server_is_removed_when_its_master_exits(tmp_p
     )
     assert done.returncode == 0 and done.stdout.split()[0] == str(configured)
     assert configured.is_dir()
+
+
+def test_an_access_record_formats_as_any_record_with_the_same_fields():
+    """log_request names its record's fields for the formatter; the line is the one sifting the record's
+    attributes gives."""
+    from fhir_api import logs
+
+    fields = {"request_id": "r1", "route": "/fhir/R4/Patient/{res_id}", "status": 200, "params": []}
+    plain = logging.makeLogRecord({"name": "fhir_api.access", "msg": "GET %s", "args": ("x",), **fields})
+    named = logging.makeLogRecord({**vars(plain), logs._FIELDS: fields})
+    assert JsonFormatter().format(named) == JsonFormatter().format(plain)
+    assert json.loads(JsonFormatter().format(named))["route"] == "/fhir/R4/Patient/{res_id}"
+
+
+def test_the_logged_route_is_remembered_per_rule_and_resource_type(client, caplog):
+    caplog.set_level(logging.INFO, logger="fhir_api.access")
+    for res_type in ("Patient", "Observation", "Patient"):
+        client.get(f"/fhir/R4/{res_type}/nope")
+    routes = [r.route for r in caplog.records if r.name == "fhir_api.access"]
+    assert routes == [
+        "/fhir/R4/Patient/{res_id}",
+        "/fhir/R4/Observation/{res_id}",
+        "/fhir/R4/Patient/{res_id}",
+    ]
