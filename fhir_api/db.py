@@ -729,7 +729,10 @@ def _encoding(raw: Any) -> str:
 _PG_SELECT: dict[tuple[Any, ...], tuple[bytes, bytes, tuple[Any, ...]]] = {}
 _Executable = tuple[bytes, bytes, str, tuple[Any, ...]]
 _EXECUTABLE: dict[tuple[Any, ...], _Executable | None] = {}
-_PREPARED_ROWS = 16  # rows up to which an INSERT of a batch is prepared (one statement per row count)
+# Rows up to which an INSERT of a batch is prepared, one statement per row count. Each keeps its plan in
+# the server process of every connection (~50 kB at 2-4 rows, ~200 kB at 16, measured): with a dozen index
+# tables and a few dozen connections a higher cap would hold hundreds of MB of server memory.
+_PREPARED_ROWS = 4
 _UNSEEN = object()
 _STATEMENT_NUMBERS = itertools.count()  # names of the statements prepared on every connection
 _SQLSTATE = pq.DiagnosticField.SQLSTATE
