@@ -252,8 +252,12 @@ def _event(p: Pending, status: int, failure: dict[str, Any] | None, **override: 
     subtype = override.get("subtype", p.subtype)
     action = override.get("action", p.action)
     code_system = ev.RESTFUL if p.type is ev.REST else ev.DCM
-    conditional = request.endpoint in _CONDITIONAL or bool(request.headers.get("If-None-Exist"))
-    record_query = action in _RECORD_QUERY and bool(request.args or action == "E" or conditional)
+    record_query = action in _RECORD_QUERY and bool(  # a read (R) never records its query: not looked at
+        request.args
+        or action == "E"
+        or request.endpoint in _CONDITIONAL
+        or request.headers.get("If-None-Exist")
+    )
     event = Event(
         type=p.type,
         subtype={"system": code_system, "code": subtype, "display": _SUBTYPE_DISPLAY.get(subtype, subtype)},
