@@ -18,7 +18,8 @@ from typing import Any
 from fhir_core import fhirabstractmodel as _core
 
 _Model = _core.FHIRAbstractModel
-_library_check = _Model.__dict__["reject_null_complex_elements"].__func__
+_declared = _Model.__dict__.get("reject_null_complex_elements")
+_library_check = getattr(_declared, "__func__", None)  # None: a fhir_core without it (nothing to replace)
 _COMPLEX_LISTS: dict[type, tuple[tuple[str, str | None], ...]] = {}
 
 
@@ -44,8 +45,10 @@ def reject_null_complex_elements(cls: type[Any], data: Any) -> Any:
 
 
 def install() -> bool:
-    """Replace the check on the base model; False (and nothing changed) once a model has been built."""
-    if _Model.__subclasses__():
+    """Replace the check on the base model; False (and nothing changed) once a model has been built, or
+    when this fhir_core does not have the check or the helpers it selects fields with."""
+    helpers = all(callable(getattr(_core, name, None)) for name in ("is_list_type", "is_primitive_type"))
+    if _library_check is None or not helpers or _Model.__subclasses__():
         return False
     _Model.reject_null_complex_elements = classmethod(reject_null_complex_elements)  # type: ignore[assignment]
     return True
