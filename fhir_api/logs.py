@@ -25,6 +25,7 @@ _RULE_ARG = re.compile(r"<(?:[a-z_]+:)?([a-z_]+)>")
 _SHOWN_ARGS = ("res_type", "comp_type")  # resource types are not identifying; ids and names may be
 _ACCESS_LINE = "%s %s%s %s %sms request=%s client=%s"
 _FIELDS = "_fhir_fields"  # a record's own fields, when its maker names them (the access line)
+_RECORD_ATTRIBUTES = len(vars(logging.makeLogRecord({})))  # what every record has before any extra field
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,9 +38,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        fields = record.__dict__.get(_FIELDS)
-        if fields is not None:  # an access line: its fields are known, no need to sift the record's
-            out.update(fields)
+        attributes = record.__dict__
+        fields = attributes.get(_FIELDS)
+        if fields is not None and len(attributes) == _RECORD_ATTRIBUTES + len(fields) + 1:
+            out.update(fields)  # an access line nothing else added to (a filter): its own fields are all
         else:
             for key, value in vars(record).items():
                 if key not in _STANDARD and not key.startswith("_"):

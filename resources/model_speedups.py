@@ -1,14 +1,16 @@
 """A faster equivalent of one fhir.resources (fhir_core) model check, installed before any model is built.
 
 ``FHIRAbstractModel.reject_null_complex_elements`` runs before every model instance is validated (some 15
-per Patient) and walks all the class's fields, asking of each whether it is a list of a complex type: about
-a third of validating a resource, and 3 % of a create's CPU. Which fields those are is fixed per class, so
-here it is computed once per class, and the body is scanned only for those fields. When one of them does
-hold a null, the library's own check runs and raises its own errors: the outcome is the library's in every
-case, only the common case (no nulls) is quicker. Pydantic binds a model's validators when each class is
-built, looking them up by name, so this must happen before ``fhir.resources.R4B`` builds its first model:
-``fhir_api/__init__.py`` and ``resources/__init__.py`` import it first. ``tests/resources/test_validation.py``
-checks that it is in place and that both outcomes are the library's.
+per Patient) and walks all the class's fields, asking of each whether it is a list of a complex type: a
+quarter of validating the bench Patient (135 -> 102 us without it), ~3 % of a create's CPU under load.
+Which fields those are is fixed per class, so here it is computed once per class, and the body is scanned
+only for those fields. When one of them does hold a null, the library's own check runs and raises its own
+errors: the outcome is the library's in every case, only the common case (no nulls) is quicker.
+
+Pydantic binds a model's validators when each class is built, looking them up by name, so this must happen
+before ``fhir.resources.R4B`` builds its first model: ``fhir_api/__init__.py`` and ``resources/__init__.py``
+import it first. ``tests/resources/test_validation.py`` checks that it is in place and that both outcomes
+are the library's.
 """
 
 from __future__ import annotations

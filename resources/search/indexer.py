@@ -213,7 +213,7 @@ def _unwritten(res_type: str, protected: frozenset[str], keyed: bool) -> frozens
         if base not in protected:
             continue
         group = string_groups(res_type).get(code)
-        if code != base or not keyed or (group is not None and group[0] != code):
+        if code not in protected or not keyed or (group is not None and group[0] != code):
             out.add(code)
     return frozenset(out)
 

@@ -194,6 +194,8 @@ def test_an_access_record_formats_as_any_record_with_the_same_fields():
     named = logging.makeLogRecord({**vars(plain), logs._FIELDS: fields})
     assert JsonFormatter().format(named) == JsonFormatter().format(plain)
     assert json.loads(JsonFormatter().format(named))["route"] == "/fhir/R4/Patient/{res_id}"
+    named.trace_id = "t-1"  # what an operator's logging filter may add: still written
+    assert json.loads(JsonFormatter().format(named))["trace_id"] == "t-1"
 
 
 def test_the_logged_route_is_remembered_per_rule_and_resource_type(client, caplog):
